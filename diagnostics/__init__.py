@@ -1,0 +1,1 @@
+"""Embedding-space diagnostics: streaming metrics, reports and recommendations."""

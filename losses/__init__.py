@@ -1,0 +1,1 @@
+"""Loss heads and losses for margin-based and metric learning."""
