@@ -1,0 +1,527 @@
+"""Recommendations with their evidence, A/B comparison of two reports, and regression checks.
+
+The rules, their thresholds and the papers behind them are documented in
+docs/recommendations.md; every threshold can be overridden through ``thresholds``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .report import Recommendation, Report, direction
+
+NAN = float("nan")
+
+ACTIONS = (
+    "fix_eval_margin",
+    "check_head",
+    "disable_arcface",
+    "enable_arcface",
+    "decrease_scale",
+    "increase_scale",
+    "decrease_margin",
+    "increase_margin",
+    "no_change",
+)
+
+DEFAULT_THRESHOLDS = {
+    # the seeds' thresholds
+    "score_ks": 0.5,  # KS > 0.5: class score distributions are separated
+    "score_hellinger": 0.5,
+    "fisher_ratio": 1.0,  # Fisher > 1: between-class scatter exceeds within-class scatter
+    "intra_inter_ratio": 1.0,  # intra < inter
+    "poor_ks": 0.3,  # seeds 001: "KS < 0.3: severe overlap" -> consider a margin loss
+    # beyond the seeds
+    "collapse_rate": 0.95,  # one class takes more than this share of the predictions ...
+    "target_probability": 0.99,  # NormFace / AdaCos: probability the scale must make reachable
+    "scale_factor": 2.0,  # s beyond this factor of the suggested scale is flagged
+    "fallback_fraction": 0.05,  # share of samples with theta + m > pi (ArcFace fallback)
+    "max_scale": 64.0,
+    "compare_tolerance": 0.01,  # deltas smaller than this (absolute, or relative above 1) tie
+}
+
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+def _get(report: Report, name: str) -> float:
+    v = report.metrics.get(name, NAN)
+    return float(v) if v is not None else NAN
+
+
+def _finite(*values: float) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+def _ev(report: Report, name: str, threshold=None, op: str | None = None) -> dict:
+    e = {"value": _get(report, name)}
+    if threshold is not None:
+        e["threshold"] = threshold
+        e["op"] = op
+    return e
+
+
+def normface_scale(num_classes: int, target_probability: float = 0.99) -> float:
+    """Smallest scale at which a softmax over normalised features and weights can reach
+    ``target_probability`` for C classes: s >= (C - 1) / C * log((C - 1) P / (1 - P))
+    (Wang et al., NormFace, ACM MM 2017, Proposition 2)."""
+    c, p = num_classes, target_probability
+    if c < 2:
+        return NAN
+    return (c - 1) / c * math.log((c - 1) * p / (1 - p))
+
+
+def adacos_scale(num_classes: int) -> float:
+    """AdaCos fixed scale sqrt(2) * log(C - 1) (Zhang et al., CVPR 2019). It is 0 at C = 2:
+    the rule that sizes s for many classes has nothing to say for a binary task."""
+    return math.sqrt(2) * math.log(num_classes - 1) if num_classes > 2 else 0.0
+
+
+def suggested_scale(report: Report, target_probability: float = 0.99) -> tuple[float, str]:
+    """The scale at which a sample at the measured mean angles (to its class weight, and to the
+    nearest other) gets probability P when the other C - 1 classes sit at that nearest angle:
+    s = log((C - 1) P / (1 - P)) / (cos theta_true - cos theta_other), AdaCos's idea of sizing
+    s from the observed angles; bounded below by the NormFace scale."""
+    c = int(_get(report, "head.num_classes")) if _finite(_get(report, "head.num_classes")) else 0
+    if c < 2:
+        return NAN, "needs a head with at least two classes"
+    floor = normface_scale(c, target_probability)
+    t, o = _get(report, "angle_true_mean"), _get(report, "angle_nearest_other_mean")
+    if _finite(t, o):
+        gap = math.cos(math.radians(t)) - math.cos(math.radians(o))
+        if gap > 0.05:
+            s = math.log((c - 1) * target_probability / (1 - target_probability)) / gap
+            return max(floor, s), (
+                f"log((C-1)P/(1-P)) / (cos {t:.1f} deg - cos {o:.1f} deg) with P = {target_probability}"
+            )
+    return max(floor, adacos_scale(c)), "NormFace bound (angles do not separate the classes)"
+
+
+def _collapse(report: Report, t: dict) -> dict | None:
+    """Evidence that predictions collapsed onto one class while the labels did not."""
+    rate = t["collapse_rate"]
+    pred, lab = _get(report, "pred_positive_rate"), _get(report, "label_positive_rate")
+    if _finite(pred, lab):
+        if (pred > rate or pred < 1 - rate) and 1 - rate < lab < rate:
+            return {
+                "pred_positive_rate": {"value": pred, "threshold": rate, "op": "> or < 1 -"},
+                "label_positive_rate": {"value": lab},
+            }
+        return None
+    rows = report.sections.get("classes") or []
+    if rows and all("predicted" in r for r in rows):
+        n = sum(r["count"] for r in rows)
+        top_pred = max(r["predicted"] for r in rows) / n if n else 0
+        top_label = max(r["count"] for r in rows) / n if n else 0
+        if top_pred > rate and top_label < rate:
+            return {
+                "top_predicted_share": {"value": top_pred, "threshold": rate, "op": ">"},
+                "top_label_share": {"value": top_label},
+            }
+    return None
+
+
+def recommend(
+    report: Report, *, baseline: Report | None = None, thresholds: dict | None = None
+) -> list[Recommendation]:
+    """Advice from a report, most severe first. With ``baseline`` (e.g. the BCE model's report
+    when ``report`` is the ArcFace model's), the comparison's verdict is added."""
+    t = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    unknown = set(thresholds or {}) - set(DEFAULT_THRESHOLDS)
+    if unknown:
+        raise ValueError(
+            f"thresholds has unknown keys {sorted(unknown)}; known: {sorted(DEFAULT_THRESHOLDS)}"
+        )
+    recs: list[Recommendation] = []
+    has_head = _finite(_get(report, "head.m")) and _finite(_get(report, "head.s"))
+    kind = report.meta.get("head_kind")
+    c_head = int(_get(report, "head.num_classes")) if has_head else 0
+    c = int(_get(report, "num_classes")) if _finite(_get(report, "num_classes")) else 0
+    leak = _get(report, "head.margin_leak")
+
+    if leak == 1.0:
+        recs.append(
+            Recommendation(
+                "fix_eval_margin",
+                "error",
+                "The model's eval-mode logits change when labels are passed: the margin is applied "
+                "at evaluation, so every reported metric is of a model nobody deploys; apply the "
+                "margin only when training and labels are given.",
+                evidence={"head.margin_leak": {"value": 1.0, "threshold": 0.0, "op": ">"}},
+            )
+        )
+    if _get(report, "head.looks_untrained") == 1.0:
+        recs.append(
+            Recommendation(
+                "check_head",
+                "error",
+                "The head's class weights look untrained "
+                f"({report.reasons.get('head.looks_untrained', 'at their initial statistics')}); "
+                "check that the checkpoint holds the trained head and that it is loaded.",
+                evidence={"head.centroid_alignment": _ev(report, "head.centroid_alignment")},
+            )
+        )
+    collapse = _collapse(report, t)
+    if collapse is not None and not recs:
+        if has_head and leak != 0.0:
+            recs.append(
+                Recommendation(
+                    "fix_eval_margin",
+                    "error",
+                    "Predictions collapsed onto one class while the labels did not; with a margin "
+                    "head this is the signature of a margin applied at evaluation or a scale too "
+                    "large: probe the model with probe_margin_leak and check s.",
+                    evidence=collapse,
+                )
+            )
+        else:
+            recs.append(
+                Recommendation(
+                    "fix_eval_margin" if leak != 0.0 else "check_head",
+                    "warning",
+                    "Predictions collapsed onto one class while the labels did not (the seed's "
+                    "symptom: every sample predicted positive); check that evaluation runs without "
+                    "the training margin and that the head is the trained one.",
+                    evidence=collapse,
+                )
+            )
+
+    if has_head and c_head >= 2:
+        s, m = _get(report, "head.s"), _get(report, "head.m")
+        s_star, how = suggested_scale(report, t["target_probability"])
+        s_star = min(s_star, t["max_scale"])
+        ev = {
+            "head.s": {"value": s},
+            "suggested_scale": {"value": s_star, "how": how},
+            "normface_scale": {"value": normface_scale(c_head, t["target_probability"])},
+            "adacos_scale": {"value": adacos_scale(c_head)},
+            "saturation_fraction": _ev(report, "saturation_fraction"),
+        }
+        if _finite(s_star) and s > t["scale_factor"] * s_star:
+            recs.append(
+                Recommendation(
+                    "decrease_scale",
+                    "warning",
+                    f"s = {s:g} is over {t['scale_factor']:g}x the scale the measured angles need "
+                    f"({s_star:.1f}); an oversized scale saturates the softmax and hides the gray "
+                    "zone"
+                    + (" (AdaCos's scale is 0 for two classes)" if c_head == 2 else "")
+                    + ".",
+                    value=round(s_star, 1),
+                    evidence=ev,
+                )
+            )
+        elif _finite(s_star) and s < s_star / t["scale_factor"]:
+            recs.append(
+                Recommendation(
+                    "increase_scale",
+                    "warning",
+                    f"s = {s:g} is under 1/{t['scale_factor']:g} of the scale needed to reach "
+                    f"P = {t['target_probability']} at the measured angles ({s_star:.1f}); the loss "
+                    "cannot become confident and keeps pulling every sample.",
+                    value=round(s_star, 1),
+                    evidence=ev,
+                )
+            )
+        fb = _get(report, "fallback_fraction")
+        if kind == "angular" and _finite(fb) and fb > t["fallback_fraction"]:
+            recs.append(
+                Recommendation(
+                    "decrease_margin",
+                    "warning",
+                    f"{fb:.1%} of samples have theta + m > pi, where ArcFace falls back to a "
+                    "linear penalty; a smaller m keeps them in the angular regime.",
+                    value=round(_margin_for_fallback(report, m), 3),
+                    evidence={
+                        "fallback_fraction": _ev(
+                            report, "fallback_fraction", t["fallback_fraction"], ">"
+                        ),
+                        "head.m": {"value": m},
+                    },
+                )
+            )
+        separated = _separated(report, t)
+        if c_head == 2 and separated is not False:
+            recs.append(
+                Recommendation(
+                    "disable_arcface",
+                    "info" if separated else "warning",
+                    "Two classes: a margin head adds m and s to tune for what a single logit with "
+                    "BCE already gives (AdaCos's scale is 0 at C = 2); compare against a BCE "
+                    "baseline and keep the margin only if it measurably helps.",
+                    evidence=_separation_evidence(report, t),
+                )
+            )
+        if (
+            kind == "angular"
+            and c_head >= 3
+            and separated is False
+            and (not _finite(fb) or fb < 0.01)
+            and m < 0.5
+        ):
+            recs.append(
+                Recommendation(
+                    "increase_margin",
+                    "warning",
+                    "Classes overlap while almost no sample is near ArcFace's fallback region; a "
+                    "larger angular margin asks for more separation.",
+                    value=round(min(m + 0.1, 0.5), 3),
+                    evidence=_separation_evidence(report, t),
+                )
+            )
+    elif not has_head:
+        poor = _poorly_separated(report, t)
+        if poor:
+            severity = "warning" if c >= 3 else "info"
+            recs.append(
+                Recommendation(
+                    "enable_arcface",
+                    severity,
+                    "Classes overlap in the embedding space (Fisher < 1 or intra >= inter, and the "
+                    "score/pair KS under the seeds' 0.3): an angular margin head (ArcFace, m = 0.5, "
+                    f"s = {max(normface_scale(max(c, 2)), adacos_scale(max(c, 2))):.1f}) targets "
+                    "exactly this"
+                    + (" ; for two classes expect a small gain" if c < 3 else "")
+                    + ".",
+                    evidence=poor,
+                )
+            )
+
+    if baseline is not None:
+        comp = compare(baseline, report, tolerance=t["compare_tolerance"])
+        if comp.recommendation is not None:
+            recs.append(comp.recommendation)
+
+    if not any(r.severity in ("error", "warning") for r in recs):
+        recs.append(
+            Recommendation(
+                "no_change",
+                "info",
+                "No rule fired at warning level: the measured separation and logits give no "
+                "reason to change the loss, m or s.",
+                evidence=_separation_evidence(report, t),
+            )
+        )
+    recs.sort(key=lambda r: SEVERITY_ORDER[r.severity])
+    return recs
+
+
+def _margin_for_fallback(report: Report, m: float) -> float:
+    """A margin leaving about 1% of samples with theta + m > pi: pi minus the 99th percentile of
+    the angle to the true class (from the angle histogram); m / 2 when that is no smaller."""
+    candidate = m / 2
+    h = report.sections.get("histograms", {}).get("angle")
+    if h:
+        counts = np.asarray(h["counts"]["to true class"], dtype=float)
+        edges = np.asarray(h["edges"], dtype=float)
+        if counts.sum() > 0:
+            cdf = np.cumsum(counts) / counts.sum()
+            theta99 = math.radians(edges[1:][np.searchsorted(cdf, 0.99)])
+            if 0 < math.pi - theta99 < m:
+                candidate = math.pi - theta99
+    return max(0.05, candidate)
+
+
+def _separation_evidence(report: Report, t: dict) -> dict:
+    ev = {}
+    for name, op in (
+        ("score_ks", ">"),
+        ("score_hellinger", ">"),
+        ("fisher_ratio", ">"),
+        ("intra_inter_ratio", "<"),
+    ):
+        if _finite(_get(report, name)):
+            ev[name] = _ev(report, name, t[name], op)
+    return ev
+
+
+def _separated(report: Report, t: dict) -> bool | None:
+    """True when the seeds' separation thresholds all hold, False when one fails, None if unknown."""
+    checks = []
+    for name, op in (("score_ks", ">"), ("fisher_ratio", ">"), ("intra_inter_ratio", "<")):
+        v = _get(report, name)
+        if _finite(v):
+            checks.append(v > t[name] if op == ">" else v < t[name])
+    return all(checks) if checks else None
+
+
+def _poorly_separated(report: Report, t: dict) -> dict | None:
+    fisher, ratio = _get(report, "fisher_ratio"), _get(report, "intra_inter_ratio")
+    geometry_bad = (_finite(fisher) and fisher < t["fisher_ratio"]) or (
+        _finite(ratio) and ratio >= t["intra_inter_ratio"]
+    )
+    ks_name = "score_ks" if _finite(_get(report, "score_ks")) else "pair_ks"
+    ks = _get(report, ks_name)
+    if geometry_bad and _finite(ks) and ks < t["poor_ks"]:
+        return {
+            "fisher_ratio": _ev(report, "fisher_ratio", t["fisher_ratio"], "<"),
+            "intra_inter_ratio": _ev(report, "intra_inter_ratio", t["intra_inter_ratio"], ">="),
+            ks_name: _ev(report, ks_name, t["poor_ks"], "<"),
+        }
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Comparison and regression.
+# ----------------------------------------------------------------------------------------------
+
+# scale-free metrics that a change of loss head leaves comparable
+COMPARE_KEYS = (
+    "f1",
+    "macro_f1",
+    "accuracy",
+    "score_ks",
+    "score_hellinger",
+    "fisher_ratio",
+    "intra_inter_ratio",
+    "pair_ks",
+    "recall_at_1",
+    "map_at_r",
+    "eer",
+    "gray_zone_fraction",
+)
+
+
+def _tolerance_for(name: str, base: float, tolerance) -> float:
+    tol = (
+        tolerance.get(name, tolerance.get("*", 0.02)) if isinstance(tolerance, dict) else tolerance
+    )
+    return float(tol) * max(1.0, abs(base))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Metric deltas B - A with the better side per metric, and a verdict.
+
+    verdict: "keep_arcface" / "disable_arcface" when B adds a margin head over A, otherwise
+    "b_better", "a_better" or "no_difference" (counting the scale-free metrics of COMPARE_KEYS).
+    """
+
+    deltas: dict
+    verdict: str
+    reason: str
+    recommendation: Recommendation | None = None
+    wins: list = field(default_factory=list)
+    losses: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        from .report import _clean
+
+        return {
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "wins": self.wins,
+            "losses": self.losses,
+            "deltas": _clean(self.deltas),
+            "recommendation": self.recommendation.to_dict() if self.recommendation else None,
+        }
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"**Verdict: {self.verdict}**: {self.reason}",
+            "",
+            "| metric | A | B | B - A | better |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for k, d in self.deltas.items():
+            lines.append(
+                f"| {k} | {d['a']:.4g} | {d['b']:.4g} | {d['delta']:+.4g} | {d['better']} |"
+            )
+        return "\n".join(lines) + "\n"
+
+
+def compare(report_a: Report, report_b: Report, *, tolerance: float = 0.01) -> Comparison:
+    """Compare two reports (A = baseline, e.g. BCE; B = candidate, e.g. ArcFace)."""
+    deltas = {}
+    wins, losses = [], []
+    for name in sorted(set(report_a.metrics) & set(report_b.metrics)):
+        a, b = _get(report_a, name), _get(report_b, name)
+        if not _finite(a, b):
+            continue
+        d = direction(name)
+        better = "same"
+        if d is not None and abs(b - a) > _tolerance_for(name, a, tolerance):
+            better = "b" if (b > a) == (d == "higher") else "a"
+        deltas[name] = {"a": a, "b": b, "delta": b - a, "direction": d, "better": better}
+        if name in COMPARE_KEYS:
+            (wins if better == "b" else losses if better == "a" else []).append(name)
+    head_a = _finite(_get(report_a, "head.m")) and _get(report_a, "head.m") > 0
+    head_b = _finite(_get(report_b, "head.m")) and _get(report_b, "head.m") > 0
+    primary = next((k for k in ("f1", "macro_f1", "map_at_r") if k in deltas), None)
+    primary_worse = primary is not None and deltas[primary]["better"] == "a"
+    summary = f"B better on {wins or 'nothing'}, worse on {losses or 'nothing'}"
+    rec = None
+    if head_b and not head_a:
+        keep = len(wins) > len(losses) and not primary_worse
+        verdict = "keep_arcface" if keep else "disable_arcface"
+        reason = (
+            f"the margin head {'improves' if keep else 'does not improve'} the scale-free metrics "
+            f"({summary}; tolerance {tolerance})"
+        )
+        rec = Recommendation(
+            "enable_arcface" if keep else "disable_arcface",
+            "info" if keep else "warning",
+            f"Against the baseline, {reason}.",
+            evidence={
+                k: {"baseline": deltas[k]["a"], "value": deltas[k]["b"]} for k in wins + losses
+            },
+        )
+    else:
+        verdict = (
+            "b_better"
+            if len(wins) > len(losses) and not primary_worse
+            else "a_better"
+            if len(losses) > len(wins) or primary_worse
+            else "no_difference"
+        )
+        reason = summary
+    return Comparison(deltas, verdict, reason, rec, wins, losses)
+
+
+@dataclass(frozen=True)
+class Regression:
+    """A metric worse than the baseline beyond its tolerance, by its direction."""
+
+    name: str
+    value: float
+    baseline: float
+    direction: str
+    delta: float
+    tolerance: float
+
+    def to_dict(self) -> dict:
+        from .report import _clean
+
+        return _clean(self.__dict__)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name}: {self.value:.4g} vs baseline {self.baseline:.4g} "
+            f"({self.delta:+.4g}, {self.direction} is better, tolerance {self.tolerance:.3g})"
+        )
+
+
+def check_regression(report: Report, baseline: Report, tolerance=0.02) -> list[Regression]:
+    """Metrics of ``report`` worse than ``baseline`` by more than the tolerance.
+
+    tolerance: a float, or a dict of metric -> float (key "*" for the rest). It is absolute for
+    metrics whose baseline lies in [-1, 1] and relative to |baseline| beyond. A metric that was
+    finite in the baseline and is nan now counts as a regression. Descriptive metrics (no
+    direction) are never regressions.
+    """
+    out = []
+    for name, base in baseline.metrics.items():
+        d = direction(name)
+        if d is None or not _finite(base) or name not in report.metrics:
+            continue
+        value = _get(report, name)
+        tol = _tolerance_for(name, base, tolerance)
+        if not _finite(value):
+            out.append(Regression(name, value, base, d, NAN, tol))
+            continue
+        worse = (base - value) if d == "higher" else (value - base)
+        if worse > tol:
+            out.append(Regression(name, value, base, d, value - base, tol))
+    return out

@@ -1,0 +1,650 @@
+"""The streaming accumulator behind every report."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from ._validation import check_batch, check_label_range, check_space
+from .heads import HeadParams, _angles_update, head_health, head_params
+from .reservoir import Reservoir
+
+NAN = float("nan")
+SCHEMA = "embscope.report/1"
+MAX_COLUMN_KEYS = 16  # logit column statistics enter the flat metrics up to this many columns
+HIST_BINS_FINE = 1000  # one-vs-rest score histograms (multi-class KS resolution)
+
+
+class Diagnoser:
+    """Streaming, mergeable accumulator of embedding-space diagnostics.
+
+    State: per-class counts, vector sums and squared norms (float64), a confusion matrix,
+    logit column moments, one-vs-rest score histograms, per-sample scalars (labels, scores,
+    margins, angles, ids) and a bounded reservoir of at most ``reservoir_size`` embeddings for
+    the metrics that need vectors (retrieval, pair distributions, NC1, centroid confusion),
+    exact when N <= reservoir_size. Never the N x D matrix.
+
+    Parameters
+    ----------
+    head : optional margin head (module with weight [C, D] and m/s) for angles and head health.
+    space : "cosine" (default; rows L2-normalised) or "euclidean".
+    reservoir_size : bound on stored embeddings; 0 disables the vector-based metrics.
+    seed : seed of the reservoir's sampling and of pair sampling.
+    bins : bins of the score histograms used for Hellinger distances (edges in the report).
+    margin_leak : result of :func:`probe_margin_leak` when the model was probed, else None.
+    head_info : extra facts about the head, e.g. ``{"missing_from_checkpoint": True}``.
+    thresholds : overrides of the recommendation thresholds (see ``recommend``).
+    hard_k : how many hardest samples the report lists.
+    max_pairs : pairs of each kind (genuine, impostor) beyond which pair metrics are sampled.
+    """
+
+    def __init__(
+        self,
+        *,
+        head=None,
+        space: str = "cosine",
+        reservoir_size: int = 10_000,
+        seed: int = 0,
+        bins: int = 50,
+        margin_leak: bool | None = None,
+        head_info: dict | None = None,
+        thresholds: dict | None = None,
+        hard_k: int = 20,
+        max_pairs: int = 2_000_000,
+    ):
+        self.space = check_space(space)
+        if not isinstance(bins, int) or bins < 1 or HIST_BINS_FINE % bins:
+            raise ValueError(f"bins must be a positive divisor of {HIST_BINS_FINE}, got {bins!r}")
+        self.head: HeadParams | None = head_params(head) if head is not None else None
+        self.bins = bins
+        self.seed = int(seed)
+        self.margin_leak = margin_leak
+        self.head_info = dict(head_info or {})
+        self.thresholds = dict(thresholds or {})
+        self.hard_k = int(hard_k)
+        self.max_pairs = int(max_pairs)
+        self.reservoir = Reservoir(reservoir_size, seed)
+        self.reset()
+
+    # ------------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.reservoir.reset()
+        self._values: list[int] = []  # slot -> raw label value
+        self._slot: dict[int, int] = {}
+        self.dim: int | None = None
+        self.num_columns: int | None = None  # logits: None (none seen), 1 (binary logit) or C
+        self.counts = torch.zeros(0, dtype=torch.float64)
+        self.sums: torch.Tensor | None = None
+        self.sqnorms = torch.zeros(0, dtype=torch.float64)
+        self.nonfinite = 0
+        self.confusion: torch.Tensor | None = None
+        self.colstats: dict | None = None
+        self.ovr: dict | None = None
+        self.samples: dict[str, list] = {k: [] for k in self._SAMPLE_KEYS}
+        self.ids: list[str] | None = None
+
+    _SAMPLE_KEYS = (
+        "label",
+        "log_odds",
+        "margin",
+        "pred",
+        "top_prob",
+        "gray",
+        "angle_true",
+        "angle_other",
+    )
+
+    # ------------------------------------------------------------------------------------------
+    def _slots(self, labels: torch.Tensor) -> torch.Tensor:
+        """Class slots of raw label values, adding unseen labels."""
+        if self.num_columns is not None:
+            return labels  # with logits, labels are the column indices
+        values, inverse = torch.unique(labels, return_inverse=True)
+        lut = []
+        for v in values.tolist():
+            if v not in self._slot:
+                self._slot[v] = len(self._values)
+                self._values.append(v)
+            lut.append(self._slot[v])
+        return torch.as_tensor(lut, dtype=torch.int64, device=labels.device)[inverse]
+
+    def _grow(self, k: int) -> None:
+        extra = k - len(self.counts)
+        if extra <= 0:
+            return
+        self.counts = torch.cat([self.counts, torch.zeros(extra, dtype=torch.float64)])
+        self.sqnorms = torch.cat([self.sqnorms, torch.zeros(extra, dtype=torch.float64)])
+        self.sums = torch.cat([self.sums, torch.zeros(extra, self.dim, dtype=torch.float64)])
+
+    def _init_logits(self, z: torch.Tensor | None) -> None:
+        cols = None if z is None else (1 if z.ndim == 1 else z.shape[1])
+        if self.counts.numel() == 0 and self.num_columns is None and not self._values:
+            self.num_columns = cols
+            if cols is not None:
+                k = 2 if cols == 1 else cols
+                self._values = list(range(k))
+                self.confusion = torch.zeros(k, k, dtype=torch.float64)
+                if cols > 2:
+                    self.ovr = {
+                        "pos_hist": torch.zeros(k, HIST_BINS_FINE, dtype=torch.float64),
+                        "all_hist": torch.zeros(k, HIST_BINS_FINE, dtype=torch.float64),
+                        "pos_sum": torch.zeros(k, dtype=torch.float64),
+                        "pos_sumsq": torch.zeros(k, dtype=torch.float64),
+                        "all_sum": torch.zeros(k, dtype=torch.float64),
+                        "all_sumsq": torch.zeros(k, dtype=torch.float64),
+                    }
+        elif cols != self.num_columns:
+            raise ValueError(
+                f"logits must keep one shape across batches: earlier batches had "
+                f"{self._describe(self.num_columns)}, this one has {self._describe(cols)}"
+            )
+
+    @staticmethod
+    def _describe(cols):
+        return "no logits" if cols is None else "[N]" if cols == 1 else f"[N, {cols}]"
+
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def update(self, embeddings, labels, logits=None, ids: Sequence[str] | None = None) -> None:
+        """Add one batch. embeddings [B, D]; labels [B] integers; logits None, [B] or [B, C];
+        ids an optional sequence of B strings (e.g. file paths). Rows with NaN/Inf are counted
+        in ``nonfinite_count`` and otherwise ignored."""
+        b = check_batch(embeddings, labels, logits, ids, drop_zero_rows=self.space == "cosine")
+        self._init_logits(b.logits)
+        if self.dim is None:
+            self.dim = b.embeddings.shape[1]
+            self.sums = torch.zeros(0, self.dim, dtype=torch.float64)
+        elif b.embeddings.shape[1] != self.dim:
+            raise ValueError(
+                f"embeddings must keep D = {self.dim} columns across batches, "
+                f"got shape {tuple(b.embeddings.shape)}"
+            )
+        if self.ids is None and self.counts.sum() == 0 and not self.samples["label"]:
+            self.ids = [] if b.ids is not None else None
+        if (b.ids is None) != (self.ids is None):
+            raise ValueError("ids must be given for every batch or for none")
+        x = M.prepare_embeddings(b.embeddings, self.space)
+        self.nonfinite += b.dropped
+        if self.num_columns is not None:
+            k = len(self._values)
+            what = "logit columns" if self.num_columns > 1 else "two classes of a binary logit"
+            check_label_range(b.labels, k, what)
+        slots = self._slots(b.labels)
+        self._grow(len(self._values))
+        if len(slots) == 0:
+            return
+        counts, sums, sq = M._class_sums_update(x, slots, len(self._values))
+        self.counts += counts
+        self.sums += sums
+        self.sqnorms += sq
+        self.reservoir.update(b.embeddings, x, slots)
+        self.samples["label"].append(slots.cpu())
+        if b.ids is not None:
+            self.ids.extend(b.ids)
+        if b.logits is not None:
+            self._update_logits(b.logits, slots)
+        if self.head is not None:
+            check_label_range(slots, self.head.num_classes, "head's class weights")
+            t, o = _angles_update(b.embeddings, slots, self.head.weight)
+            self.samples["angle_true"].append(t.cpu())
+            self.samples["angle_other"].append(o.cpu())
+
+    def _update_logits(self, z: torch.Tensor, y: torch.Tensor) -> None:
+        k = len(self._values)
+        h = M._hardness_update(z, y)
+        for key in ("margin", "pred", "top_prob", "gray"):
+            self.samples[key].append(h[key].cpu())
+        if self.num_columns <= 2:
+            self.samples["log_odds"].append(M.positive_log_odds(z).double().cpu())
+        self.confusion += M._confusion_update(h["pred"], y, k)
+        cs = M._column_stats_update(z, y, k)
+        if self.colstats is None:
+            self.colstats = cs
+        else:
+            _merge_colstats(self.colstats, cs)
+        if self.ovr is not None:
+            p = M.probabilities(z)
+            bins = HIST_BINS_FINE
+            idx = (p * bins).floor().clamp(0, bins - 1).long()
+            flat = idx + torch.arange(k, device=p.device) * bins
+            self.ovr["all_hist"] += (
+                torch.bincount(flat.reshape(-1), minlength=k * bins).reshape(k, bins).cpu().double()
+            )
+            pos = flat.gather(1, y[:, None])[:, 0]
+            self.ovr["pos_hist"] += (
+                torch.bincount(pos, minlength=k * bins).reshape(k, bins).cpu().double()
+            )
+            ptrue = p.gather(1, y[:, None])[:, 0]
+            self.ovr["pos_sum"] += (
+                torch.zeros(k, dtype=torch.float64, device=p.device).index_add_(0, y, ptrue).cpu()
+            )
+            self.ovr["pos_sumsq"] += (
+                torch.zeros(k, dtype=torch.float64, device=p.device)
+                .index_add_(0, y, ptrue * ptrue)
+                .cpu()
+            )
+            self.ovr["all_sum"] += p.sum(0).cpu()
+            self.ovr["all_sumsq"] += (p * p).sum(0).cpu()
+
+    # ------------------------------------------------------------------------------------------
+    def merge(self, other: Diagnoser) -> Diagnoser:
+        """Fold another accumulator (same options) into this one; returns self."""
+        if (other.space, other.bins, other.reservoir.capacity, other.seed) != (
+            self.space,
+            self.bins,
+            self.reservoir.capacity,
+            self.seed,
+        ):
+            raise ValueError("cannot merge Diagnosers built with different options")
+        if other.dim is None:
+            return self
+        if self.dim is None:
+            self.dim = other.dim
+            self.sums = torch.zeros(0, self.dim, dtype=torch.float64)
+            self.num_columns = other.num_columns
+            if other.num_columns is not None:
+                self._values = list(other._values)
+                self.confusion = torch.zeros_like(other.confusion)
+                self.ovr = (
+                    None
+                    if other.ovr is None
+                    else {k: torch.zeros_like(v) for k, v in other.ovr.items()}
+                )
+            self.ids = None if other.ids is None else []
+        if other.dim != self.dim or other.num_columns != self.num_columns:
+            raise ValueError(
+                f"cannot merge: D {other.dim} vs {self.dim}, logits "
+                f"{self._describe(other.num_columns)} vs {self._describe(self.num_columns)}"
+            )
+        if (other.ids is None) != (self.ids is None):
+            raise ValueError("cannot merge: one Diagnoser has ids and the other has not")
+        # map the other's slots onto ours
+        mapping = (
+            self._slots(torch.as_tensor(other._values, dtype=torch.int64))
+            if other._values
+            else torch.zeros(0, dtype=torch.int64)
+        )
+        self._grow(len(self._values))
+        if len(mapping):
+            self.counts.index_add_(0, mapping, other.counts)
+            self.sums.index_add_(0, mapping, other.sums)
+            self.sqnorms.index_add_(0, mapping, other.sqnorms)
+        self.nonfinite += other.nonfinite
+        for key, chunks in other.samples.items():
+            if key == "label":
+                self.samples[key].extend(mapping[c] for c in chunks)
+            else:
+                self.samples[key].extend(chunks)
+        if other.ids is not None:
+            self.ids.extend(other.ids)
+        if self.confusion is not None:
+            self.confusion += other.confusion
+            if other.colstats is not None:
+                if self.colstats is None:
+                    self.colstats = {k: v.clone() for k, v in other.colstats.items()}
+                else:
+                    _merge_colstats(self.colstats, other.colstats)
+            if self.ovr is not None:
+                for k, v in other.ovr.items():
+                    self.ovr[k] += v
+        moved = Reservoir(other.reservoir.capacity, other.reservoir.seed)
+        moved.seen = other.reservoir.seen
+        if len(other.reservoir):
+            moved.rows, moved.keys = other.reservoir.rows, other.reservoir.keys
+            moved.labels = mapping[other.reservoir.labels]
+        self.reservoir.merge(moved)
+        return self
+
+    # ------------------------------------------------------------------------------------------
+    def compute(self):
+        """The report of everything seen so far (the state is kept)."""
+        from .advice import recommend
+        from .report import Report
+
+        metrics: dict[str, float] = {}
+        reasons: dict[str, str] = {}
+        sampled: dict[str, dict] = {}
+        sections: dict = {}
+        order = np.argsort(np.asarray(self._values, dtype=np.int64), kind="stable")
+        n = float(self.counts.sum())
+        present = self.counts > 0
+        metrics["n"] = n
+        metrics["num_classes"] = float(present.sum())
+        metrics["nonfinite_count"] = float(self.nonfinite)
+        if n == 0:
+            reasons["n"] = "no finite samples were given"
+            report = Report(
+                metrics=metrics, reasons=reasons, sampled={}, sections={}, meta=self._meta()
+            )
+            return report
+        labels = torch.cat(self.samples["label"])
+        self._geometry(metrics, reasons)
+        if self.num_columns is not None:
+            self._logits(metrics, reasons, sections, labels)
+        if self.head is not None:
+            self._head(metrics, reasons, sections)
+        self._vectors(metrics, reasons, sampled, sections)
+        sections["classes"] = self._class_table(order)
+        if self.num_columns is None and "hardest" not in sections:
+            sections["hardest"] = []
+        if self.margin_leak is not None:
+            metrics["head.margin_leak"] = 1.0 if self.margin_leak else 0.0
+        report = Report(
+            metrics=metrics, reasons=reasons, sampled=sampled, sections=sections, meta=self._meta()
+        )
+        return report.with_recommendations(recommend(report, thresholds=self.thresholds))
+
+    def _meta(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "space": self.space,
+            "reservoir_size": self.reservoir.capacity,
+            "seed": self.seed,
+            "bins": self.bins,
+            "dim": self.dim,
+            "logit_columns": self.num_columns,
+            "head_kind": None if self.head is None else self.head.kind,
+            "head_info": self.head_info,
+        }
+
+    def _geometry(self, metrics, reasons) -> None:
+        g = M._geometry_compute(self.counts, self.sums, self.sqnorms, self.space)
+        metrics.update(g.to_dict())
+        reasons.update(g.reasons)
+
+    def _logits(self, metrics, reasons, sections, labels) -> None:
+        s = {k: torch.cat(v) for k, v in self.samples.items() if v}
+        y = labels
+        k = len(self._values)
+        margin = s["margin"].numpy()
+        metrics["margin_mean"] = float(margin.mean())
+        metrics["margin_median"] = float(np.median(margin))
+        metrics["margin_p05"] = float(np.percentile(margin, 5))
+        metrics["negative_margin_fraction"] = float((margin < 0).mean())
+        cm = self.confusion.numpy()
+        metrics.update(M.classification_scores(cm))
+        hard = M._hard_compute(s, y, self.ids, self.hard_k)
+        metrics.update(hard.to_dict())
+        sections["hardest"] = hard.hardest
+        cs = M._column_stats_compute(self.colstats)
+        sections["logit_columns"] = cs
+        if (self.num_columns or 0) <= MAX_COLUMN_KEYS:
+            metrics.update(M.flatten_column_stats(cs))
+        top = s["top_prob"].numpy()
+        edges = M.histogram_edges(self.bins)
+        sections["histograms"] = {}
+        mhist_edges = np.histogram_bin_edges(margin, bins=40)
+        sections["histograms"]["margin"] = {
+            "edges": mhist_edges.tolist(),
+            "counts": {
+                f"class {self._values[c]}": np.histogram(margin[(y == c).numpy()], mhist_edges)[
+                    0
+                ].tolist()
+                for c in range(k)
+            },
+        }
+        if self.num_columns <= 2:
+            odds = s["log_odds"]
+            p = torch.sigmoid(odds).numpy()
+            pos, neg = (y == 1).numpy(), (y == 0).numpy()
+            metrics["prob_mean"] = float(p.mean())
+            # the prediction (argmax / p >= 0.5) decides, as in the confusion matrix
+            metrics["pred_positive_rate"] = float(cm[:, 1].sum() / cm.sum())
+            metrics["label_positive_rate"] = float(pos.mean())
+            metrics["saturation_fraction"] = float(((p < 1e-3) | (p > 1 - 1e-3)).mean())
+            metrics["score_ks"] = M.ks_distance(odds[pos], odds[neg])
+            hp = np.histogram(np.clip(p[pos], 0, 1), edges)[0]
+            hn = np.histogram(np.clip(p[neg], 0, 1), edges)[0]
+            metrics["score_hellinger"] = M.hellinger_from_counts(hp, hn)
+            metrics["score_fisher"] = M.fisher_score(p[pos], p[neg])
+            if not pos.any() or not neg.any():
+                for key in ("score_ks", "score_hellinger", "score_fisher"):
+                    reasons[key] = "needs samples of both classes"
+            sections["histograms"]["score"] = {
+                "edges": edges.tolist(),
+                "counts": {"class 0": hn.tolist(), "class 1": hp.tolist()},
+                "xlabel": "P(positive)",
+            }
+        else:
+            self._multiclass_scores(metrics, reasons, sections, top)
+
+    def _multiclass_scores(self, metrics, reasons, sections, top) -> None:
+        o = self.ovr
+        n_c = self.counts.numpy()
+        n = n_c.sum()
+        present = n_c > 0
+        metrics["prob_mean"] = float(top.mean())
+        metrics["saturation_fraction"] = float((top > 1 - 1e-3).mean())
+        for key in ("pred_positive_rate", "label_positive_rate", "f1"):
+            metrics[key] = NAN
+            reasons[key] = "defined for binary models only"
+        pos_h, all_h = o["pos_hist"].numpy(), o["all_hist"].numpy()
+        neg_h = all_h - pos_h
+        ks, hel, fis = [], [], []
+        group = HIST_BINS_FINE // self.bins
+        for c in np.nonzero(present)[0]:
+            n_neg = n - n_c[c]
+            if n_neg <= 0:
+                continue
+            cdf_p = np.cumsum(pos_h[c]) / n_c[c]
+            cdf_n = np.cumsum(neg_h[c]) / n_neg
+            ks.append(np.max(np.abs(cdf_p - cdf_n)))
+            hel.append(
+                M.hellinger_from_counts(
+                    pos_h[c].reshape(-1, group).sum(1), neg_h[c].reshape(-1, group).sum(1)
+                )
+            )
+            m1 = o["pos_sum"][c].item() / n_c[c]
+            v1 = o["pos_sumsq"][c].item() / n_c[c] - m1 * m1
+            m0 = (o["all_sum"][c].item() - o["pos_sum"][c].item()) / n_neg
+            v0 = (o["all_sumsq"][c].item() - o["pos_sumsq"][c].item()) / n_neg - m0 * m0
+            v = max(v1, 0) + max(v0, 0)
+            fis.append((m1 - m0) ** 2 / v if v > 0 else NAN)
+        metrics["score_ks"] = float(np.mean(ks)) if ks else NAN
+        metrics["score_hellinger"] = float(np.nanmean(hel)) if hel else NAN
+        metrics["score_fisher"] = float(np.nanmean(fis)) if fis and np.isfinite(fis).any() else NAN
+        reasons["score_ks"] = (
+            f"one-vs-rest, macro-averaged over classes; binned at 1/{HIST_BINS_FINE} of probability"
+        )
+        edges = M.histogram_edges(self.bins)
+        sections["histograms"]["score"] = {
+            "edges": edges.tolist(),
+            "counts": {
+                "true class": pos_h.sum(0).reshape(-1, group).sum(1).tolist(),
+                "other classes": neg_h.sum(0).reshape(-1, group).sum(1).tolist(),
+            },
+            "xlabel": "P(class) one-vs-rest, pooled",
+        }
+
+    def _head(self, metrics, reasons, sections) -> None:
+        hp = self.head
+        t = torch.cat(self.samples["angle_true"]).numpy()
+        o = torch.cat(self.samples["angle_other"]).numpy()
+        metrics["angle_true_mean"] = float(t.mean())
+        metrics["angle_nearest_other_mean"] = float(np.nanmean(o)) if np.isfinite(o).any() else NAN
+        if hp.kind == "angular":
+            metrics["fallback_fraction"] = float((np.radians(t) + hp.m > math.pi).mean())
+        else:
+            metrics["fallback_fraction"] = NAN
+            reasons["fallback_fraction"] = "defined for angular (ArcFace-like) margins only"
+        edges = np.linspace(0, 180, 61)
+        sections.setdefault("histograms", {})["angle"] = {
+            "edges": edges.tolist(),
+            "counts": {
+                "to true class": np.histogram(t, edges)[0].tolist(),
+                "to nearest other": np.histogram(o[np.isfinite(o)], edges)[0].tolist(),
+            },
+            "xlabel": "angle (degrees)",
+        }
+        means = self.sums / self.counts.clamp_min(1)[:, None]
+        predicted = self.confusion.sum(0) if self.confusion is not None else None
+        h, r = head_health(
+            hp,
+            means,
+            self.counts > 0,
+            predicted,
+            bool(self.head_info.get("missing_from_checkpoint")),
+        )
+        metrics.update(h)
+        reasons.update(r)
+        sections["head"] = {"kind": hp.kind, "m": hp.m, "s": hp.s, "num_classes": hp.num_classes}
+
+    def _vectors(self, metrics, reasons, sampled, sections) -> None:
+        """Metrics that need the vectors, on the reservoir (exact when it holds every sample)."""
+        res = self.reservoir
+        names = [
+            "nc1",
+            "centroid_confusion_count",
+            "pair_ks",
+            "pair_hellinger",
+            "eer",
+            "tar_at_far_1e-3",
+            "recall_at_1",
+            "recall_at_5",
+            "map_at_r",
+        ]
+        if len(res) == 0:
+            for key in names:
+                metrics[key] = NAN
+                reasons[key] = "reservoir_size is 0: vector-based metrics are off"
+            return
+        order = torch.argsort(res.keys)  # independent of arrival order
+        x, y = res.rows[order], res.labels[order]
+        info = {"exact": res.exact, "sample_size": len(res), "population": res.seen}
+        for key in names:
+            sampled[key] = dict(info)
+        n_total = float(self.counts.sum())
+        weight = n_total / len(res)
+        value, why = M._nc1_compute(x, y, self.counts, self.sums, weight)
+        metrics["nc1"] = value
+        if why:
+            reasons["nc1"] = why
+        means = self.sums / self.counts.clamp_min(1)[:, None]
+        present = self.counts > 0
+        if int(present.sum()) >= 2:
+            mu = means.float()
+            if self.space == "cosine":
+                d = -(x @ torch.nn.functional.normalize(mu, dim=1).T)
+            else:
+                d = torch.cdist(x, mu) ** 2
+            d[:, ~present] = math.inf
+            own = d.gather(1, y[:, None])[:, 0]
+            d.scatter_(1, y[:, None], math.inf)
+            confused = float((d.min(dim=1).values < own).double().sum())
+            metrics["centroid_confusion_count"] = confused * weight
+            metrics["centroid_confusion_fraction"] = confused / len(res)
+            sampled["centroid_confusion_fraction"] = dict(info)
+        else:
+            metrics["centroid_confusion_count"] = NAN
+            reasons["centroid_confusion_count"] = "needs at least two classes"
+        self._pairs_and_retrieval(x, y, metrics, reasons, sections)
+        sections["pca"] = _pca_view(x, y, self._values, self.seed)
+
+    def _pairs_and_retrieval(self, x, y, metrics, reasons, sections) -> None:
+        from .pairs import pair_similarities
+        from .retrieval import knn_retrieval
+        from .verification import verification_metrics
+
+        try:
+            ps = pair_similarities(x, y, max_pairs=self.max_pairs, seed=self.seed)
+        except ValueError as e:
+            ps = None
+            why = str(e)
+        if ps is not None and len(ps.genuine) and len(ps.impostor):
+            g, i = ps.genuine.astype(np.float64), ps.impostor.astype(np.float64)
+            metrics["pair_ks"] = M.ks_distance(g, i)
+            edges = M.histogram_edges(self.bins, -1.0, 1.0)
+            hg = np.histogram(np.clip(g, -1, 1), edges)[0]
+            hi = np.histogram(np.clip(i, -1, 1), edges)[0]
+            metrics["pair_hellinger"] = M.hellinger_from_counts(hg, hi)
+            v = verification_metrics(g, i)
+            vd = v.to_dict()
+            metrics["eer"] = vd["eer"]
+            for key, val in vd.items():
+                if key.startswith("tar_at_far") or key == "roc_auc":
+                    metrics[key] = val
+            for note_key, note in (getattr(v, "notes", None) or {}).items():
+                reasons.setdefault(str(note_key), str(note))
+            sections.setdefault("histograms", {})["pair"] = {
+                "edges": edges.tolist(),
+                "counts": {"genuine": hg.tolist(), "impostor": hi.tolist()},
+                "xlabel": "cosine similarity of a pair",
+            }
+            if not ps.exact:
+                reasons.setdefault("pair_ks", f"sampled: {self.max_pairs} pairs of each kind")
+        else:
+            why = why if ps is None else "needs same-class and different-class pairs"
+            for key in ("pair_ks", "pair_hellinger", "eer", "tar_at_far_1e-3"):
+                metrics[key] = NAN
+                reasons[key] = why
+        counts = torch.bincount(y)
+        if int((counts >= 2).sum()) == 0:
+            for key in ("recall_at_1", "recall_at_5", "map_at_r"):
+                metrics[key] = NAN
+                reasons[key] = "no class has two samples"
+            return
+        r = knn_retrieval(x, y, ks=(1, 5), space=self.space)
+        metrics.update(r.to_dict())
+
+    def _class_table(self, order) -> list[dict]:
+        n_c = self.counts.numpy()
+        means = (self.sums / self.counts.clamp_min(1)[:, None]).numpy()
+        q = self.sqnorms.numpy()
+        rows = []
+        for slot in order:
+            if n_c[slot] == 0:
+                continue
+            spread = q[slot] / n_c[slot] - means[slot] @ means[slot]
+            row = {
+                "label": int(self._values[slot]),
+                "count": int(n_c[slot]),
+                "mean_norm": float(np.linalg.norm(means[slot])),
+                "spread": float(max(spread, 0.0)),
+            }
+            if self.confusion is not None:
+                cm = self.confusion.numpy()
+                row["recall"] = float(cm[slot, slot] / cm[slot].sum()) if cm[slot].sum() else NAN
+                row["predicted"] = int(cm[:, slot].sum())
+            rows.append(row)
+        return rows
+
+
+def _merge_colstats(a: dict, b: dict) -> None:
+    a["count"] += b["count"]
+    a["sum"] += b["sum"]
+    a["sumsq"] += b["sumsq"]
+    a["min"] = torch.minimum(a["min"], b["min"])
+    a["max"] = torch.maximum(a["max"], b["max"])
+
+
+def _pca_view(x: torch.Tensor, y: torch.Tensor, values, seed: int, limit: int = 2000) -> dict:
+    """2-D PCA coordinates of at most ``limit`` reservoir rows (the first by key order)."""
+    x, y = x[:limit].double(), y[:limit]
+    if len(x) < 3 or x.shape[1] < 2:
+        return {"x": [], "y": [], "label": []}
+    centred = x - x.mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    v = v[:2]
+    # fix the sign of each axis so the view does not flip between runs
+    v = v * torch.sign(v[:, v.abs().argmax(dim=1)].diagonal())[:, None]
+    xy = (centred @ v.T).numpy()
+    return {
+        "x": np.round(xy[:, 0], 5).tolist(),
+        "y": np.round(xy[:, 1], 5).tolist(),
+        "label": [int(values[i]) for i in y.tolist()],
+    }
+
+
+def diagnose(embeddings, labels, logits=None, head=None, *, ids=None, **options):
+    """One-shot report: ``Diagnoser(head=head, **options)``, one update, compute.
+
+    embeddings [N, D]; labels [N] integers; logits None, [N] (one binary logit) or [N, C];
+    head an optional margin head (for angles, m and s). See :class:`Diagnoser` for options.
+    """
+    d = Diagnoser(head=head, **options)
+    d.update(embeddings, labels, logits, ids)
+    return d.compute()

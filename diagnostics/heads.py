@@ -1,0 +1,212 @@
+"""Margin heads seen from the outside: finding them by duck typing, probing for a margin applied
+at evaluation, per-sample angles, and the health of the class weights."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NAN = float("nan")
+
+
+def _number(module: nn.Module, *names: str) -> float | None:
+    for name in names:
+        v = getattr(module, name, None)
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = v.item()
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    return None
+
+
+def is_margin_head(module: nn.Module) -> bool:
+    """A module with a 2-D ``weight`` [C, D] and numeric ``m``/``margin`` and ``s``/``scale``."""
+    w = getattr(module, "weight", None)
+    return (
+        isinstance(w, torch.Tensor)
+        and w.ndim == 2
+        and _number(module, "m", "margin") is not None
+        and _number(module, "s", "scale") is not None
+    )
+
+
+def find_margin_head(model: nn.Module) -> nn.Module | None:
+    """The last submodule (in registration order) that looks like a margin head, or None."""
+    found = None
+    for module in model.modules():
+        if is_margin_head(module):
+            found = module
+    return found
+
+
+@dataclass(frozen=True)
+class HeadParams:
+    """What diagnostics read from a margin head: m (radians for angular margins), s, the class
+    weights [C, D] and the margin kind ("angular" for ArcFace-like, "cosine" for CosFace-like)."""
+
+    m: float
+    s: float
+    weight: torch.Tensor
+    kind: str
+
+    @property
+    def num_classes(self) -> int:
+        return self.weight.shape[0]
+
+
+def head_params(head: nn.Module) -> HeadParams:
+    if not is_margin_head(head):
+        raise TypeError(
+            f"head must have a 2-D weight [C, D] and numeric m/margin and s/scale, "
+            f"got {type(head).__name__}"
+        )
+    kind = getattr(head, "margin_type", None)
+    if kind is None:
+        name = type(head).__name__.lower()
+        kind = "angular" if "arc" in name else "cosine" if "cos" in name else "unknown"
+    return HeadParams(
+        _number(head, "m", "margin"),
+        _number(head, "s", "scale"),
+        head.weight.detach(),
+        kind,
+    )
+
+
+def _accepts_labels(model: nn.Module) -> bool:
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def _logits_of(output) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        for key in ("logits", "logit", "output"):
+            if key in output:
+                return output[key]
+        raise ValueError(f"model output dict has no 'logits' key (keys: {sorted(output)})")
+    if isinstance(output, (tuple, list)):
+        return output[-1]
+    raise TypeError(f"model output must be a tensor, tuple or dict, got {type(output).__name__}")
+
+
+@torch.no_grad()
+def probe_margin_leak(model: nn.Module, inputs, labels) -> bool:
+    """Whether the model's eval-mode output changes when labels are passed.
+
+    Runs ``model(inputs)`` and ``model(inputs, labels)`` in eval mode and compares the logits
+    (the last element of a tuple, or ``logits`` of a dict). True means the margin leaks into
+    evaluation (the seed's bug): reported logits are then not what inference computes. Returns
+    False when ``forward`` takes no second argument. The modules' training flags are restored.
+    """
+    if not _accepts_labels(model):
+        return False
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        plain = _logits_of(model(inputs))
+        with_labels = _logits_of(model(inputs, labels))
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    if plain.shape != with_labels.shape:
+        return True
+    scale = float(plain.abs().max()) if plain.numel() else 1.0
+    return not torch.allclose(plain, with_labels, rtol=1e-5, atol=1e-6 * max(scale, 1.0))
+
+
+def _angles_update(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor):
+    """Angle (degrees) of each embedding to its class weight and to the nearest other one."""
+    w = F.normalize(weight.detach().to(x.device, torch.float32), dim=1)
+    cos = F.normalize(x.float(), dim=1) @ w.T
+    true = cos.gather(1, y[:, None])[:, 0]
+    if cos.shape[1] > 1:
+        other = cos.scatter(1, y[:, None], -2.0).amax(dim=1)
+    else:
+        other = torch.full_like(true, NAN)
+    deg = 180.0 / math.pi
+    return (
+        torch.arccos(true.clamp(-1, 1)).double() * deg,
+        torch.arccos(other.clamp(-1, 1)).double() * deg,
+    )
+
+
+def min_weight_angle(weight: torch.Tensor, chunk: int = 2048) -> float:
+    """Smallest angle (degrees) between two distinct class weight vectors, in row blocks."""
+    w = F.normalize(weight.detach().float(), dim=1)
+    c = w.shape[0]
+    if c < 2:
+        return NAN
+    best = -1.0
+    for start in range(0, c, chunk):
+        block = w[start : start + chunk] @ w.T
+        rows = torch.arange(block.shape[0], device=block.device)
+        block[rows, rows + start] = -2.0
+        best = max(best, float(block.max()))
+    return math.degrees(math.acos(max(-1.0, min(1.0, best))))
+
+
+def head_health(
+    params: HeadParams,
+    class_means: torch.Tensor,
+    present: torch.Tensor,
+    predicted_counts: torch.Tensor | None,
+    missing: bool = False,
+) -> tuple[dict, dict]:
+    """Metrics of the class weights and the reasons behind any nan.
+
+    head.weight_norm_cv: std / mean of the weight row norms (spread; 0 = equal norms).
+    head.min_weight_angle: smallest angle between two class weights, degrees.
+    head.centroid_alignment: mean cos(w_c, mu_c) between each weight and its class mean;
+        near 0 (within 3 / sqrt(D)) the weights ignore the data, near 1 they point at it.
+    head.dead_class_count: classes present in the labels that are never the argmax.
+    head.looks_untrained: 1 when the alignment is at chance level or the weights were missing.
+    """
+    w = params.weight.detach().double().cpu()
+    norms = w.norm(dim=1)
+    out = {
+        "head.s": params.s,
+        "head.m": params.m,
+        "head.num_classes": float(w.shape[0]),
+        "head.weight_norm_cv": float(norms.std(unbiased=False) / norms.mean())
+        if norms.mean() > 0
+        else NAN,
+        "head.min_weight_angle": min_weight_angle(params.weight),
+    }
+    reasons = {}
+    k = min(w.shape[0], class_means.shape[0])
+    use = present[:k].clone()
+    if use.any():
+        cos = F.cosine_similarity(w[:k][use], class_means[:k][use].double(), dim=1)
+        alignment = float(cos.mean())
+    else:
+        alignment = NAN
+        reasons["head.centroid_alignment"] = "no class of the head occurs in the labels"
+    out["head.centroid_alignment"] = alignment
+    chance = 3.0 / math.sqrt(w.shape[1])
+    untrained = missing or (not math.isnan(alignment) and alignment < chance)
+    out["head.looks_untrained"] = 1.0 if untrained else 0.0
+    if missing:
+        reasons["head.looks_untrained"] = "the head's weights were missing from the checkpoint"
+    elif untrained:
+        reasons["head.looks_untrained"] = (
+            f"class weights align with their class means no better than chance "
+            f"(mean cos {alignment:.3f} < 3/sqrt(D) = {chance:.3f})"
+        )
+    if predicted_counts is not None:
+        pc = predicted_counts[:k]
+        out["head.dead_class_count"] = float(((pc == 0) & use).sum())
+    return out, reasons

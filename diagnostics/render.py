@@ -1,0 +1,281 @@
+"""Rendering a Report: Markdown, a self-contained HTML page, and PNG plots.
+
+Everything here reads only the report's data, so a report loaded from JSON renders the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+
+import numpy as np
+
+KEY_METRICS = (
+    "n",
+    "num_classes",
+    "accuracy",
+    "f1",
+    "macro_f1",
+    "score_ks",
+    "score_hellinger",
+    "fisher_ratio",
+    "intra_inter_ratio",
+    "pair_ks",
+    "recall_at_1",
+    "map_at_r",
+    "eer",
+    "margin_median",
+    "gray_zone_fraction",
+    "pred_positive_rate",
+    "prob_mean",
+    "head.s",
+    "head.m",
+)
+
+
+def fmt(v) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if v == int(v) and abs(v) < 1e15:
+            return str(int(v))
+        return f"{v:.4g}"
+    return str(v)
+
+
+def key_metrics(report) -> list[tuple[str, float]]:
+    return [(k, report.metrics[k]) for k in KEY_METRICS if k in report.metrics]
+
+
+def _metric_rows(report) -> list[tuple[str, str, str, str]]:
+    from .report import direction
+
+    rows = []
+    for k, v in report.metrics.items():
+        d = direction(k) or ""
+        note = report.reasons.get(k, "")
+        s = report.sampled.get(k)
+        if s and not s.get("exact", True):
+            note = (
+                note + "; " if note else ""
+            ) + f"sampled {s['sample_size']} of {s['population']}"
+        rows.append((k, fmt(v), d, note))
+    return rows
+
+
+def report_markdown(report) -> str:
+    lines = ["# embscope report", ""]
+    if report.recommendations:
+        lines += ["## Recommendations", ""]
+        for r in report.recommendations:
+            value = f" (suggested value: {fmt(r.value)})" if r.value is not None else ""
+            lines.append(f"- **{r.severity}** `{r.action}`{value}: {r.reason}")
+            for name, e in r.evidence.items():
+                lines.append(f"  - {name}: {_evidence_text(e)}")
+        lines.append("")
+    lines += ["## Key metrics", "", "| metric | value |", "|---|---:|"]
+    lines += [f"| {k} | {fmt(v)} |" for k, v in key_metrics(report)]
+    classes = report.sections.get("classes") or []
+    if classes:
+        cols = list(classes[0].keys())
+        lines += ["", "## Classes", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for row in classes[:50]:
+            lines.append("| " + " | ".join(fmt(row[c]) for c in cols) + " |")
+        if len(classes) > 50:
+            lines.append(f"\n({len(classes) - 50} more classes in report.json)")
+    hardest = report.sections.get("hardest") or []
+    if hardest:
+        lines += ["", "## Hardest samples", "", "| id | label | margin |", "|---|---:|---:|"]
+        lines += [f"| {h['id']} | {h['label']} | {fmt(h['margin'])} |" for h in hardest]
+    lines += ["", "## All metrics", "", "| metric | value | better | note |", "|---|---:|---|---|"]
+    lines += [f"| {k} | {v} | {d} | {n} |" for k, v, d, n in _metric_rows(report)]
+    return "\n".join(lines) + "\n"
+
+
+def _evidence_text(e) -> str:
+    if not isinstance(e, dict):
+        return fmt(e)
+    parts = [f"{fmt(e.get('value'))}"]
+    if "threshold" in e:
+        parts.append(f"(rule: {e.get('op', '')} {fmt(e['threshold'])})")
+    if "baseline" in e:
+        parts.append(f"(baseline {fmt(e['baseline'])})")
+    if "how" in e:
+        parts.append(f"[{e['how']}]")
+    return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots
+# ----------------------------------------------------------------------------------------------
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    _figure().close(fig)
+    return buf.getvalue()
+
+
+def _hist_plot(h: dict, title: str, density: bool = True) -> bytes:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    edges = np.asarray(h["edges"], dtype=float)
+    for name, counts in h["counts"].items():
+        c = np.asarray(counts, dtype=float)
+        if density and c.sum() > 0:
+            c = c / c.sum()
+        ax.stairs(c, edges, label=f"{name} (n={int(np.sum(counts))})", fill=False, linewidth=1.5)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(h.get("xlabel", ""))
+    ax.set_ylabel("share of samples" if density else "count")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def report_plots(report) -> dict[str, bytes]:
+    """name -> PNG bytes for every plot the report's data supports."""
+    out = {}
+    m = report.metrics
+    hists = report.sections.get("histograms", {})
+    if "score" in hists:
+        out["scores"] = _hist_plot(
+            hists["score"],
+            f"Scores by true class: KS {fmt(m.get('score_ks', math.nan))}, "
+            f"Hellinger {fmt(m.get('score_hellinger', math.nan))}",
+        )
+    if "margin" in hists:
+        out["margins"] = _hist_plot(
+            {**hists["margin"], "xlabel": "logit margin (true minus best other)"},
+            f"Logit margins: median {fmt(m.get('margin_median', math.nan))}, "
+            f"negative {fmt(m.get('negative_margin_fraction', math.nan))}",
+        )
+    if "angle" in hists:
+        out["angles"] = _hist_plot(
+            hists["angle"],
+            f"Angles to class weights (ArcFace Fig. 4): fallback share "
+            f"{fmt(m.get('fallback_fraction', math.nan))}",
+        )
+    if "pair" in hists:
+        out["pairs"] = _hist_plot(
+            hists["pair"],
+            f"Genuine vs impostor pairs: KS {fmt(m.get('pair_ks', math.nan))}, "
+            f"EER {fmt(m.get('eer', math.nan))}",
+        )
+    cols = report.sections.get("logit_columns")
+    if cols and len(cols["col"]) <= 16:
+        out["logit_columns"] = _logit_columns_plot(cols)
+    pca = report.sections.get("pca")
+    if pca and pca.get("x"):
+        out["pca"] = _pca_plot(pca)
+    return out
+
+
+def _logit_columns_plot(cols: dict) -> bytes:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    n_cols = len(cols["col"])
+    n_cls = len(cols["by_class"])
+    width = 0.8 / max(n_cls, 1)
+    for k, row in enumerate(cols["by_class"][:16]):
+        means = [row[j]["mean"] for j in range(n_cols)]
+        stds = [row[j]["std"] for j in range(n_cols)]
+        xs = np.arange(n_cols) + (k - (n_cls - 1) / 2) * width
+        ax.bar(xs, means, width, yerr=stds, label=f"true class {k}", capsize=2)
+    ax.set_xticks(range(n_cols), [f"col{j}" for j in range(n_cols)])
+    ax.axhline(0, color="k", linewidth=0.5)
+    ax.set_title("Logit columns by true class (mean and std)", fontsize=10)
+    if n_cls <= 10:
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def _pca_plot(pca: dict) -> bytes:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    labels = np.asarray(pca["label"])
+    uniq = np.unique(labels)
+    cmap = plt.get_cmap("tab10" if len(uniq) <= 10 else "viridis")
+    for i, c in enumerate(uniq):
+        sel = labels == c
+        color = cmap(i % 10) if len(uniq) <= 10 else cmap(i / max(len(uniq) - 1, 1))
+        ax.scatter(
+            np.asarray(pca["x"])[sel],
+            np.asarray(pca["y"])[sel],
+            s=6,
+            color=color,
+            label=str(c) if len(uniq) <= 10 else None,
+            alpha=0.7,
+        )
+    ax.set_title("2-D PCA of embeddings by class", fontsize=10)
+    if len(uniq) <= 10:
+        ax.legend(fontsize=7, markerscale=2)
+    return _png(fig)
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.error{color:#b00020}.warning{color:#a15c00}.info{color:#235a97}
+.plots img{max-width:48%;margin:4px;border:1px solid #eee}
+"""
+
+
+def report_html(report) -> str:
+    """One self-contained HTML page (inline PNG plots, no external resources)."""
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>embscope report</title>",
+        f"<style>{_CSS}</style></head><body><h1>embscope report</h1>",
+    ]
+    if report.recommendations:
+        parts.append("<h2>Recommendations</h2><ul>")
+        for r in report.recommendations:
+            value = f" (suggested value: {e(fmt(r.value))})" if r.value is not None else ""
+            ev = "".join(f"<li>{e(k)}: {e(_evidence_text(v))}</li>" for k, v in r.evidence.items())
+            parts.append(
+                f"<li><b class='{e(r.severity)}'>{e(r.severity)}</b> <code>{e(r.action)}</code>"
+                f"{value}: {e(r.reason)}<ul>{ev}</ul></li>"
+            )
+        parts.append("</ul>")
+    parts.append("<h2>Key metrics</h2><table>")
+    parts += [
+        f"<tr><td>{e(k)}</td><td class='num'>{e(fmt(v))}</td></tr>" for k, v in key_metrics(report)
+    ]
+    parts.append("</table><h2>Plots</h2><div class='plots'>")
+    for name, png in report_plots(report).items():
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(f"<img alt='{e(name)}' src='data:image/png;base64,{data}'>")
+    parts.append("</div>")
+    hardest = report.sections.get("hardest") or []
+    if hardest:
+        parts.append(
+            "<h2>Hardest samples</h2><table><tr><th>id</th><th>label</th><th>margin</th></tr>"
+        )
+        parts += [
+            f"<tr><td>{e(str(h['id']))}</td><td class='num'>{h['label']}</td>"
+            f"<td class='num'>{e(fmt(h['margin']))}</td></tr>"
+            for h in hardest
+        ]
+        parts.append("</table>")
+    parts.append(
+        "<h2>All metrics</h2><table><tr><th>metric</th><th>value</th><th>better</th><th>note</th></tr>"
+    )
+    parts += [
+        f"<tr><td>{e(k)}</td><td class='num'>{e(v)}</td><td>{e(d)}</td><td>{e(n)}</td></tr>"
+        for k, v, d, n in _metric_rows(report)
+    ]
+    parts.append("</table></body></html>")
+    return "\n".join(parts)

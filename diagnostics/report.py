@@ -1,0 +1,189 @@
+"""The report: typed data first (metrics, sections, recommendations), rendering separately."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field, replace
+
+SCHEMA = "embscope.report/1"
+
+# Direction of every metric that has one: "higher" or "lower" is better. Patterns are regexes
+# matched against the whole name; the first match wins.
+_DIRECTIONS: list[tuple[str, str]] = [
+    (
+        r"fisher_ratio|inter_mean|score_ks|score_hellinger|score_fisher|pair_ks|pair_hellinger",
+        "higher",
+    ),
+    (r"accuracy|f1|macro_f1|margin_mean|margin_median|margin_p05", "higher"),
+    (r"recall_at_\d+|map_at_r|tar_at_far_.*|roc_auc|angle_nearest_other_mean", "higher"),
+    (r"head\.centroid_alignment|head\.min_weight_angle", "higher"),
+    (
+        r"nc1|intra_mean|intra_inter_ratio|negative_margin_fraction|gray_zone_(count|fraction)",
+        "lower",
+    ),
+    (r"confident_error_count|centroid_confusion_(count|fraction)|eer|nonfinite_count", "lower"),
+    (r"saturation_fraction|angle_true_mean|fallback_fraction", "lower"),
+    (r"head\.(dead_class_count|looks_untrained|margin_leak|weight_norm_cv)", "lower"),
+]
+
+
+def direction(name: str) -> str | None:
+    """ "higher" or "lower" when that is better for metric ``name``; None for descriptive ones."""
+    for pattern, d in _DIRECTIONS:
+        if re.fullmatch(pattern, name):
+            return d
+    return None
+
+
+def _clean(value):
+    """JSON-safe: nan/inf become strings so the file stays valid JSON; tuples become lists."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return _clean(value.item())
+    return value
+
+
+def _unclean_number(value):
+    if isinstance(value, str) and value in ("nan", "inf", "-inf"):
+        return float(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One piece of advice: what to do, how urgent, an optional suggested value, why, and the
+    measurements it rests on (``evidence``: metric -> {"value", "threshold", "op"})."""
+
+    action: str
+    severity: str  # "error" | "warning" | "info"
+    reason: str
+    value: float | None = None
+    evidence: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return _clean(
+            {
+                "action": self.action,
+                "severity": self.severity,
+                "value": self.value,
+                "reason": self.reason,
+                "evidence": self.evidence,
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Recommendation:
+        ev = {
+            k: {kk: _unclean_number(vv) for kk, vv in v.items()}
+            if isinstance(v, dict)
+            else _unclean_number(v)
+            for k, v in d.get("evidence", {}).items()
+        }
+        return cls(d["action"], d["severity"], d["reason"], _unclean_number(d.get("value")), ev)
+
+
+@dataclass(frozen=True)
+class Report:
+    """A diagnostics report.
+
+    metrics: flat mapping of dotted name -> number (what CI compares; nan when undefined).
+    reasons: why a metric is nan, or how it was obtained (e.g. "binned", "sampled").
+    sampled: for metrics computed on the bounded reservoir, {"exact", "sample_size", "population"}.
+    sections: richer data (per-class table, histograms with edges, hardest samples, head, PCA).
+    recommendations: advice with its evidence.
+    meta: schema and the options the report was computed with.
+    """
+
+    metrics: dict
+    reasons: dict = field(default_factory=dict)
+    sampled: dict = field(default_factory=dict)
+    sections: dict = field(default_factory=dict)
+    recommendations: list = field(default_factory=list)
+    meta: dict = field(default_factory=lambda: {"schema": SCHEMA})
+
+    def with_recommendations(self, recs: list) -> Report:
+        return replace(self, recommendations=list(recs))
+
+    # -- data ----------------------------------------------------------------------------------
+    @staticmethod
+    def direction(name: str) -> str | None:
+        return direction(name)
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "metrics": _clean(self.metrics),
+            "reasons": dict(self.reasons),
+            "sampled": _clean(self.sampled),
+            "recommendations": [r.to_dict() for r in self.recommendations],
+            "sections": _clean(self.sections),
+            "meta": _clean({**self.meta, "schema": SCHEMA}),
+        }
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Report:
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            found = d.get("schema") if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"not an embscope report: expected schema {SCHEMA!r}, got {found!r}")
+        metrics = {k: float(_unclean_number(v)) for k, v in d["metrics"].items()}
+        return cls(
+            metrics=metrics,
+            reasons=dict(d.get("reasons", {})),
+            sampled=d.get("sampled", {}),
+            sections=d.get("sections", {}),
+            recommendations=[Recommendation.from_dict(r) for r in d.get("recommendations", [])],
+            meta=d.get("meta", {"schema": SCHEMA}),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Report:
+        return cls.from_dict(json.loads(text))
+
+    def to_frame(self):
+        """pandas DataFrame, one row per metric: name, value, direction, exact, reason."""
+        import pandas as pd
+
+        rows = [
+            {
+                "metric": k,
+                "value": v,
+                "direction": direction(k),
+                "exact": self.sampled.get(k, {}).get("exact", True),
+                "reason": self.reasons.get(k, ""),
+            }
+            for k, v in self.metrics.items()
+        ]
+        return pd.DataFrame(rows).set_index("metric")
+
+    # -- rendering (separate module) -------------------------------------------------------------
+    def to_markdown(self) -> str:
+        from .render import report_markdown
+
+        return report_markdown(self)
+
+    def to_html(self) -> str:
+        from .render import report_html
+
+        return report_html(self)
+
+    def plot_pngs(self) -> dict[str, bytes]:
+        from .render import report_plots
+
+        return report_plots(self)
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
