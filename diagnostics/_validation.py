@@ -89,7 +89,7 @@ def check_batch(
                 raise ValueError(
                     f"logits must have at least one column, got shape {tuple(z.shape)}"
                 )
-        z = z.float().to(x.device)
+        z = (z if z.dtype == torch.float64 else z.float()).to(x.device)
     if ids is not None:
         ids = [str(i) for i in ids]
         if len(ids) != n:

@@ -171,9 +171,11 @@ def head_health(
     head.weight_norm_cv: std / mean of the weight row norms (spread; 0 = equal norms).
     head.min_weight_angle: smallest angle between two class weights, degrees.
     head.centroid_alignment: mean cos(w_c, mu_c) between each weight and its class mean;
-        near 0 (within 3 / sqrt(D)) the weights ignore the data, near 1 they point at it.
+        near 0 (within 3 / sqrt(D), the spread of random directions) the weights ignore the
+        data, near 1 they point at it.
     head.dead_class_count: classes present in the labels that are never the argmax.
-    head.looks_untrained: 1 when the alignment is at chance level or the weights were missing.
+    head.looks_untrained: 1 when the alignment is under min(3 / sqrt(D), 0.3) or the weights
+        were missing.
     """
     w = params.weight.detach().double().cpu()
     norms = w.norm(dim=1)
@@ -196,7 +198,7 @@ def head_health(
         alignment = NAN
         reasons["head.centroid_alignment"] = "no class of the head occurs in the labels"
     out["head.centroid_alignment"] = alignment
-    chance = 3.0 / math.sqrt(w.shape[1])
+    chance = min(3.0 / math.sqrt(w.shape[1]), 0.3)
     untrained = missing or (not math.isnan(alignment) and alignment < chance)
     out["head.looks_untrained"] = 1.0 if untrained else 0.0
     if missing:
@@ -204,7 +206,7 @@ def head_health(
     elif untrained:
         reasons["head.looks_untrained"] = (
             f"class weights align with their class means no better than chance "
-            f"(mean cos {alignment:.3f} < 3/sqrt(D) = {chance:.3f})"
+            f"(mean cos {alignment:.3f} < min(3/sqrt(D), 0.3) = {chance:.3f})"
         )
     if predicted_counts is not None:
         pc = predicted_counts[:k]
