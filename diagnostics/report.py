@@ -123,7 +123,7 @@ class Report:
     def to_dict(self) -> dict:
         return {
             "schema": SCHEMA,
-            "metrics": _clean(self.metrics),
+            "metrics": _clean({k: float(v) for k, v in self.metrics.items()}),
             "reasons": dict(self.reasons),
             "sampled": _clean(self.sampled),
             "recommendations": [r.to_dict() for r in self.recommendations],

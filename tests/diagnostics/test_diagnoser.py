@@ -138,7 +138,9 @@ def test_binary_score_ks_matches_scipy():
     z = np.random.default_rng(1).normal(size=400) + y
     r = diagnose(x, y, z, **FAST)
     p = 1 / (1 + np.exp(-z))
-    assert r.metrics["score_ks"] == pytest.approx(ks_2samp(p[y == 1], p[y == 0]).statistic, abs=1e-6)
+    assert r.metrics["score_ks"] == pytest.approx(
+        ks_2samp(p[y == 1], p[y == 0]).statistic, abs=1e-6
+    )
     assert r.metrics["label_positive_rate"] == pytest.approx(y.mean())
     assert r.metrics["pred_positive_rate"] == pytest.approx((z >= 0).mean())
 
