@@ -103,7 +103,7 @@ class FocalLoss(nn.Module):
                 raise ValueError(
                     "alpha must be a float in [0, 1] or None for task='binary', got a sequence"
                 )
-            weights = torch.as_tensor(alpha, dtype=torch.float32)
+            weights = torch.as_tensor(alpha, dtype=torch.float64)
             if weights.dim() != 1 or weights.numel() < 2:
                 raise ValueError(
                     f"alpha must be a float or a 1-D sequence of C >= 2 per-class "
