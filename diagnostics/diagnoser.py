@@ -40,6 +40,9 @@ class Diagnoser:
     thresholds : overrides of the recommendation thresholds (see ``recommend``).
     hard_k : how many hardest samples the report lists.
     max_pairs : pairs of each kind (genuine, impostor) beyond which pair metrics are sampled.
+    sync_on_compute : when torch.distributed is initialised, ``compute()`` reports on the
+        states of all ranks of ``process_group`` (this object's own state is left as it is).
+    process_group : the torch.distributed group to sync over (None: the default group).
     """
 
     def __init__(
@@ -55,6 +58,8 @@ class Diagnoser:
         thresholds: dict | None = None,
         hard_k: int = 20,
         max_pairs: int = 2_000_000,
+        sync_on_compute: bool = True,
+        process_group=None,
     ):
         self.space = check_space(space)
         if not isinstance(bins, int) or bins < 1 or HIST_BINS_FINE % bins:
@@ -67,6 +72,8 @@ class Diagnoser:
         self.thresholds = dict(thresholds or {})
         self.hard_k = int(hard_k)
         self.max_pairs = int(max_pairs)
+        self.sync_on_compute = bool(sync_on_compute)
+        self.process_group = process_group
         self.reservoir = Reservoir(reservoir_size, seed)
         self.reset()
 
@@ -300,8 +307,33 @@ class Diagnoser:
         return self
 
     # ------------------------------------------------------------------------------------------
+    def sync(self, group=None) -> Diagnoser:
+        """Fold the states of every rank of ``group`` into this one (all ranks end equal).
+
+        Fixed-shape states are all-reduced, per-sample scalars and the reservoir all-gathered
+        (uneven sizes per rank are padded). Call once per evaluation: syncing twice counts the
+        other ranks twice.
+        """
+        from .distributed import sync_diagnoser
+
+        return sync_diagnoser(self, group)
+
     def compute(self):
-        """The report of everything seen so far (the state is kept)."""
+        """The report of everything seen so far (the state is kept).
+
+        Under an initialised torch.distributed process group (and ``sync_on_compute``), the
+        report covers every rank's samples and is identical on all ranks.
+        """
+        if self.sync_on_compute:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                import copy
+
+                return copy.deepcopy(self).sync(self.process_group)._compute_local()
+        return self._compute_local()
+
+    def _compute_local(self):
         from .advice import recommend
         from .report import Report
 
