@@ -1,0 +1,500 @@
+"""Load a user's checkpoint as a runnable module, without unpickling unless asked to.
+
+Supported, in the order they are tried:
+
+- a ``torch.export`` archive (``.pt2``, or any file that is one): needs no model code;
+- a state dict, or a dict holding one under ``model``/``state_dict``/``model_state_dict``, built
+  with ``--model FILE.py:FACTORY`` or ``--model package.module:FACTORY`` and loaded strictly; the
+  factory's keyword arguments come from ``--model-kwargs`` or from a ``config``/``hparams``/
+  ``hyper_parameters`` dict stored next to the weights;
+- a pickled whole module (``torch.save(model)``), only when the user passes
+  ``--trust-checkpoint``: unpickling runs whatever code the file names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import pickle
+import re
+import sys
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from embscope.cli.errors import UsageError, one_line
+from torch import nn
+
+STATE_KEYS = ("state_dict", "model_state_dict", "model")
+CONFIG_KEYS = ("config", "hparams", "hyper_parameters")
+# Prefixes that wrappers add to every key (DataParallel, Lightning's ``self.model``, torch.compile).
+WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
+
+TRUST_FIX = (
+    "pass --trust-checkpoint only if you trust its source, since unpickling can run arbitrary code;"
+    " or save model.state_dict() and pass --model FILE.py:FACTORY"
+)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run, and how it was obtained.
+
+    Attributes
+    ----------
+    module : nn.Module
+        The model. For an exported program this is its unflattened module (submodules keep their
+        names, so forward hooks work), which cannot be switched to eval mode.
+    kind : str
+        ``"state_dict"``, ``"exported"`` or ``"pickled"``.
+    path : Path
+        The checkpoint file.
+    static_batch : int or None
+        The batch size an exported program was traced with when it is not dynamic; inputs must
+        be fed in batches of exactly this size.
+    config : dict
+        The factory keyword arguments actually used (empty when none).
+    """
+
+    module: nn.Module
+    kind: str
+    path: Path
+    static_batch: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exported(self) -> bool:
+        return self.kind == "exported"
+
+
+def make_cwd_importable() -> None:
+    """Put the current directory first on ``sys.path``, as ``python -m`` does."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def check_readable_file(path: Path, role: str) -> None:
+    """Raise `UsageError` unless ``path`` is an existing, non-empty, readable file."""
+    if not path.exists():
+        raise UsageError(path, f"no such {role} file", "check the path")
+    if path.is_dir():
+        raise UsageError(path, f"is a folder, expected a {role} file", "pass the file itself")
+    if not os.access(path, os.R_OK):
+        raise UsageError(path, "is not readable", "check its permissions")
+    if path.stat().st_size == 0:
+        raise UsageError(
+            path, f"is empty (0 bytes), not a {role} file", "pass the file written by torch.save"
+        )
+
+
+def is_export_archive(path: Path) -> bool:
+    """True when ``path`` is a zip written by ``torch.export.save``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("archive_format") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def torch_load(path: Path, *, trust: bool, role: str, mmap: bool = False) -> Any:
+    """``torch.load`` with ``weights_only=True``; unpickle arbitrary objects only when ``trust``.
+
+    Raises `UsageError` for files torch cannot read and for pickled objects without ``trust``.
+    """
+    try:
+        if mmap:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as error:
+                if "mmap" not in str(error):
+                    raise
+                # Files in the legacy (pre-zip) format cannot be memory-mapped.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        message = str(error)
+        if "Unsupported global" not in message and "not an allowed global" not in message:
+            raise _not_a_torch_file(path, role, error) from error
+        if not trust:
+            found = re.search(r"GLOBAL ([\w.]+)", message)
+            what = found.group(1) if found else "a Python object"
+            raise UsageError(
+                path, f"holds pickled Python objects ({what}), not only tensors", TRUST_FIX
+            ) from error
+    except UsageError:
+        raise
+    except Exception as error:  # torch raises EOFError, KeyError, RuntimeError... on foreign bytes
+        raise _not_a_torch_file(path, role, error) from error
+    return _unpickle(path)
+
+
+def _not_a_torch_file(path: Path, role: str, error: BaseException) -> UsageError:
+    message = str(error)
+    if "WeightsUnpickler error:" in message:  # skip torch's paragraph about weights_only
+        tail = message.split("WeightsUnpickler error:", 1)[1].strip()
+        message = tail.splitlines()[0] if tail else message
+    detail = one_line(f"{type(error).__name__}: {message}", limit=120)
+    return UsageError(
+        path,
+        f"is not a PyTorch {role} that torch.load can read ({detail})",
+        "pass a file written by torch.save, or a .pt2 written by torch.export.save",
+    )
+
+
+def _unpickle(path: Path) -> Any:
+    make_cwd_importable()
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (AttributeError, ModuleNotFoundError, ImportError) as error:
+        if "__main__" in str(error):
+            what = (
+                "names a class defined in the training script (__main__), which cannot be imported"
+            )
+        else:
+            what = f"names code that cannot be imported ({one_line(str(error), limit=160)})"
+        raise UsageError(
+            path,
+            what,
+            "run diagnose from the directory your training code runs from, or save "
+            "model.state_dict() and pass --model FILE.py:FACTORY",
+        ) from error
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    model_spec: str | None = None,
+    model_kwargs: str | None = None,
+    trust: bool = False,
+) -> LoadedModel:
+    """Load the checkpoint at ``path`` as a module.
+
+    Parameters
+    ----------
+    path : path-like
+        The checkpoint: a state dict, a dict wrapping one, a ``.pt2`` export or a pickled module.
+    model_spec : str, optional
+        ``FILE.py:FACTORY`` or ``package.module:FACTORY``; required for state dicts.
+    model_kwargs : str, optional
+        JSON object of keyword arguments for the factory (overrides the checkpoint's config).
+    trust : bool
+        Allow unpickling arbitrary Python objects.
+
+    Returns
+    -------
+    LoadedModel
+    """
+    path = Path(path)
+    check_readable_file(path, "checkpoint")
+    kwargs = parse_model_kwargs(model_kwargs) if model_kwargs is not None else None
+    if path.suffix == ".pt2" or is_export_archive(path):
+        for option, value in (("--model", model_spec), ("--model-kwargs", model_kwargs)):
+            if value is not None:
+                raise UsageError(
+                    option, f"is not used with a torch.export archive ({path})", f"remove {option}"
+                )
+        return load_exported(path)
+
+    loaded = torch_load(path, trust=trust, role="checkpoint")
+    if isinstance(loaded, nn.Module):
+        return _pickled(loaded, path, model_spec)
+    if not isinstance(loaded, Mapping) or not loaded:
+        raise UsageError(
+            path,
+            f"holds {_describe(loaded)}, not a model or a state dict",
+            "save model.state_dict(), or a dict holding it under 'model' or 'state_dict'",
+        )
+    config: Mapping[str, Any] | None = None
+    if _is_state_dict(loaded):
+        state = loaded
+    else:
+        key = next((k for k in STATE_KEYS if k in loaded), None)
+        if key is None:
+            raise UsageError(
+                path,
+                f"is a dict with keys {_first(list(loaded))} but holds no state dict under "
+                f"{' / '.join(repr(k) for k in STATE_KEYS)}",
+                "save model.state_dict(), or a dict holding it under 'model' or 'state_dict'",
+            )
+        inner = loaded[key]
+        if isinstance(inner, nn.Module):
+            return _pickled(inner, path, model_spec)
+        if not _is_state_dict(inner):
+            raise UsageError(
+                path,
+                f"holds {_describe(inner)} under {key!r}, not a state dict",
+                "save model.state_dict()",
+            )
+        state = inner
+        config = next((loaded[k] for k in CONFIG_KEYS if isinstance(loaded.get(k), Mapping)), None)
+
+    if model_spec is None:
+        raise UsageError(
+            path,
+            "holds only weights (a state dict), so the model code is needed to build the model",
+            "pass --model path/to/model.py:FACTORY or --model package.module:FACTORY",
+        )
+    factory = load_factory(model_spec)
+    if kwargs is not None:
+        used = kwargs
+        model = build_model(factory, model_spec, used, source="--model-kwargs")
+    else:
+        used = _accepted_kwargs(factory, dict(config or {}))
+        model = build_model(factory, model_spec, used, source="the checkpoint's config")
+    load_state_dict_strict(model, state, path=path, model_spec=model_spec)
+    return LoadedModel(module=model, kind="state_dict", path=path, config=used)
+
+
+def _pickled(module: nn.Module, path: Path, model_spec: str | None) -> LoadedModel:
+    if model_spec is not None:
+        raise UsageError(
+            "--model", f"is not used: {path} holds a whole pickled module", "remove --model"
+        )
+    return LoadedModel(module=module, kind="pickled", path=path)
+
+
+def load_exported(path: Path) -> LoadedModel:
+    """Load a ``torch.export`` archive and unflatten it so submodules keep their names."""
+    try:
+        program = torch.export.load(path)
+    except Exception as error:
+        raise UsageError(
+            path,
+            f"cannot be loaded by torch.export.load ({one_line(f'{type(error).__name__}: {error}', 160)})",
+            "write it with torch.export.save from the same or an older torch version",
+        ) from error
+    try:
+        module = torch.export.unflatten(program)
+    except Exception:  # some programs cannot be unflattened; they still run, without hooks
+        module = program.module()
+    return LoadedModel(
+        module=module, kind="exported", path=path, static_batch=_static_batch(program)
+    )
+
+
+def _static_batch(program: Any) -> int | None:
+    """The traced batch size of the first user input when it is a plain integer, else None."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs:
+            value = node.meta.get("val")
+            shape = getattr(value, "shape", None)
+            if shape is not None and len(shape) > 0 and type(shape[0]) is int:
+                return shape[0]
+            return None
+    return None
+
+
+def parse_model_kwargs(text: str) -> dict[str, Any]:
+    """Parse ``--model-kwargs``: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(
+            "--model-kwargs",
+            f"is not valid JSON ({error.msg} at character {error.pos})",
+            "give a JSON object, e.g. --model-kwargs '{\"num_classes\": 10}'",
+        ) from error
+    if not isinstance(value, dict):
+        raise UsageError(
+            "--model-kwargs",
+            f"is a JSON {type(value).__name__}, expected an object",
+            "give a JSON object, e.g. --model-kwargs '{\"num_classes\": 10}'",
+        )
+    return value
+
+
+def load_factory(spec: str) -> Callable[..., Any]:
+    """Import ``FILE.py:NAME`` or ``package.module:NAME`` (NAME may be dotted)."""
+    target, sep, name = spec.rpartition(":")
+    if not sep or not target or not name:
+        raise UsageError(
+            "--model",
+            f"{spec!r} is not FILE.py:FACTORY or package.module:FACTORY",
+            "e.g. --model models/net.py:build_model or --model mypkg.models:Net",
+        )
+    make_cwd_importable()
+    if target.endswith(".py") or "/" in target or os.sep in target:
+        module = _import_file(Path(target))
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as error:
+            raise UsageError(
+                "--model",
+                f"cannot import {target!r} ({one_line(str(error), 160)})",
+                "run diagnose from your repository root, or give a file: --model path/to/file.py:FACTORY",
+            ) from error
+        except Exception as error:
+            raise _import_failed(target, error) from error
+    obj: Any = module
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            public = [
+                n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))
+            ]
+            raise UsageError(
+                "--model", f"{target} has no {name!r}", f"callables there: {_first(public, 8)}"
+            )
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UsageError(
+            "--model", f"{spec} is a {type(obj).__name__}, not callable", "name a function or class"
+        )
+    return obj
+
+
+def _import_file(file: Path) -> Any:
+    if not file.is_file():
+        raise UsageError("--model", f"{file} does not exist", "check the path before the ':'")
+    file = file.resolve()
+    folder = str(file.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # so that the file can import its siblings
+    name = file.stem
+    existing = sys.modules.get(name)
+    if existing is not None:
+        if Path(getattr(existing, "__file__", "") or "").resolve() == file:
+            return existing
+        name = f"_embscope_model_{abs(hash(str(file))):x}"
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise UsageError(
+            "--model", f"{file} cannot be imported as a Python module", "give a .py file"
+        )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # pickles and dataclasses look their module up here
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        del sys.modules[name]
+        raise _import_failed(str(file), error) from error
+    return module
+
+
+def _import_failed(target: str, error: BaseException) -> UsageError:
+    return UsageError(
+        "--model",
+        f"importing {target} failed ({one_line(f'{type(error).__name__}: {error}', 200)})",
+        "fix that error, or run diagnose from the directory your training code runs from",
+    )
+
+
+def _accepted_kwargs(factory: Callable[..., Any], config: dict[str, Any]) -> dict[str, Any]:
+    """Keep the config entries the factory accepts (configs also hold lr, epochs...)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return config
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return config
+    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in config.items() if k in names}
+
+
+def build_model(
+    factory: Callable[..., Any], spec: str, kwargs: dict[str, Any], *, source: str
+) -> nn.Module:
+    """Call ``factory(**kwargs)`` and check that it returns an ``nn.Module``."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**kwargs)
+        except TypeError as error:
+            raise UsageError(
+                "--model",
+                f"{spec}{signature} cannot be called with {source} {kwargs} ({error})",
+                "pass its arguments as --model-kwargs '{\"name\": value}'",
+            ) from error
+    try:
+        model = factory(**kwargs)
+    except Exception as error:
+        raise UsageError(
+            "--model",
+            f"{spec}(**{kwargs}) raised {type(error).__name__}: {error}",
+            "check the factory and its arguments (--model-kwargs)",
+        ) from error
+    if not isinstance(model, nn.Module):
+        raise UsageError(
+            "--model",
+            f"{spec} returned a {type(model).__name__}, not a torch.nn.Module",
+            "return the model",
+        )
+    return model
+
+
+def load_state_dict_strict(
+    model: nn.Module, state: Mapping[str, Any], *, path: Path, model_spec: str
+) -> None:
+    """Load ``state`` into ``model`` strictly; on mismatch list the keys and shapes that differ."""
+    expected = model.state_dict()
+    state = _strip_wrapper_prefix(dict(state), expected)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {list(state[k].shape)} vs model {list(expected[k].shape)}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys {_first(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys {_first(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches {_first(mismatched)}")
+    if problems:
+        raise UsageError(
+            path,
+            f"does not fit the model built by {model_spec}: " + "; ".join(problems),
+            "pass the factory and the arguments (--model-kwargs) the model was trained with",
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise UsageError(
+            path,
+            f"cannot be loaded into the model built by {model_spec} ({one_line(str(error), 200)})",
+            "pass the factory and the arguments the model was trained with",
+        ) from error
+
+
+def _strip_wrapper_prefix(state: dict[str, Any], expected: Mapping[str, Any]) -> dict[str, Any]:
+    if set(state) == set(expected):
+        return state
+    for prefix in WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            stripped = {k[len(prefix) :]: v for k, v in state.items()}
+            if set(stripped) == set(expected):
+                return stripped
+    return state
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, Mapping):
+        return "an empty dict" if not obj else f"a dict with keys {_first(list(obj))}"
+    if isinstance(obj, torch.Tensor):
+        return f"a single tensor of shape {list(obj.shape)}"
+    return f"a {type(obj).__name__}"
+
+
+def _first(items: list[Any], count: int = 3) -> str:
+    shown = ", ".join(str(i) for i in items[:count])
+    return f"[{shown}{', ...' if len(items) > count else ''}]"
