@@ -174,7 +174,6 @@ class Diagnoser:
             self.ids = [] if b.ids is not None else None
         if (b.ids is None) != (self.ids is None):
             raise ValueError("ids must be given for every batch or for none")
-        x = M.prepare_embeddings(b.embeddings, self.space)
         self.nonfinite += b.dropped
         if self.num_columns is not None:
             k = len(self._values)
@@ -184,11 +183,17 @@ class Diagnoser:
         self._grow(len(self._values))
         if len(slots) == 0:
             return
-        counts, sums, sq = M._class_sums_update(x, slots, len(self._values))
+        x = b.embeddings
+        if self.space == "cosine":  # unit rows without materialising them
+            scale = 1.0 / b.norms
+            row_sq = torch.ones_like(b.norms, dtype=torch.float64)
+        else:
+            scale, row_sq = None, b.norms.double() ** 2
+        counts, sums, sq = M._class_sums_update(x, slots, len(self._values), scale, row_sq)
         self.counts += counts
         self.sums += sums
         self.sqnorms += sq
-        self.reservoir.update(b.embeddings, x, slots)
+        self.reservoir.update(x, slots, scale, key_labels=b.labels)
         self.samples["label"].append(slots.cpu())
         if b.ids is not None:
             self.ids.extend(b.ids)
@@ -196,7 +201,7 @@ class Diagnoser:
             self._update_logits(b.logits, slots)
         if self.head is not None:
             check_label_range(slots, self.head.num_classes, "head's class weights")
-            t, o = _angles_update(b.embeddings, slots, self.head.weight)
+            t, o = _angles_update(b.embeddings, slots, self.head.weight, b.norms)
             self.samples["angle_true"].append(t.cpu())
             self.samples["angle_other"].append(o.cpu())
 
@@ -330,7 +335,9 @@ class Diagnoser:
             if dist.is_available() and dist.is_initialized():
                 import copy
 
-                return copy.deepcopy(self).sync(self.process_group)._compute_local()
+                # the group is shared, not copied (a ProcessGroup cannot be deep-copied)
+                memo = {id(self.process_group): self.process_group}
+                return copy.deepcopy(self, memo).sync(self.process_group)._compute_local()
         return self._compute_local()
 
     def _compute_local(self):
