@@ -37,6 +37,7 @@ class Batch:
     logits: torch.Tensor | None  # [B] or [B, C], float32, same rows
     ids: list[str] | None
     dropped: int  # rows removed because of NaN/Inf in embeddings or logits
+    norms: torch.Tensor  # [B] Euclidean norms of the kept embedding rows
 
 
 def check_batch(
@@ -44,6 +45,9 @@ def check_batch(
 ) -> Batch:
     """Validate one batch and drop the rows holding NaN or Inf (and all-zero embedding rows
     when ``drop_zero_rows``: a zero vector has no direction in cosine space).
+
+    Finiteness is read off one reduction per row (the norm; the sum for logits), so a row whose
+    squared norm overflows float32 (entries beyond ~1e19) counts as non-finite too.
 
     Raises ValueError/TypeError naming the argument, its shape and what was expected.
     """
@@ -94,19 +98,20 @@ def check_batch(
         ids = [str(i) for i in ids]
         if len(ids) != n:
             raise ValueError(f"ids must have one entry per embedding row ({n}), got {len(ids)}")
-    finite = torch.isfinite(x).all(dim=1)
+    norms = torch.linalg.vector_norm(x, dim=1)
+    finite = torch.isfinite(norms)
     if z is not None:
-        finite &= torch.isfinite(z).all(dim=1) if z.ndim == 2 else torch.isfinite(z)
+        finite &= torch.isfinite(z.sum(dim=1) if z.ndim == 2 else z)
     if drop_zero_rows:
-        finite &= (x != 0).any(dim=1)
+        finite &= norms > 0
     dropped = int(n - finite.sum())
     if dropped:
-        x, y = x[finite], y[finite]
+        x, y, norms = x[finite], y[finite], norms[finite]
         z = z[finite] if z is not None else None
         if ids is not None:
             keep = finite.cpu().tolist()
             ids = [i for i, k in zip(ids, keep, strict=True) if k]
-    return Batch(x, y, z, ids, dropped)
+    return Batch(x, y, z, ids, dropped, norms)
 
 
 def check_label_range(labels: torch.Tensor, num_classes: int, what: str) -> None:

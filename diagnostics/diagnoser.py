@@ -135,7 +135,7 @@ class Diagnoser:
                 k = 2 if cols == 1 else cols
                 self._values = list(range(k))
                 self.confusion = torch.zeros(k, k, dtype=torch.float64)
-                if cols > 2:
+                if 2 < cols <= MAX_COLUMN_KEYS:
                     self.ovr = {
                         "pos_hist": torch.zeros(k, HIST_BINS_FINE, dtype=torch.float64),
                         "all_hist": torch.zeros(k, HIST_BINS_FINE, dtype=torch.float64),
@@ -193,7 +193,10 @@ class Diagnoser:
         self.counts += counts
         self.sums += sums
         self.sqnorms += sq
-        self.reservoir.update(x, slots, scale, key_labels=b.labels)
+        wide = self.num_columns is not None and self.num_columns > MAX_COLUMN_KEYS
+        self.reservoir.update(
+            x, slots, scale, key_labels=b.labels, extra=b.logits if wide else None
+        )
         self.samples["label"].append(slots.cpu())
         if b.ids is not None:
             self.ids.extend(b.ids)
@@ -213,34 +216,31 @@ class Diagnoser:
         if self.num_columns <= 2:
             self.samples["log_odds"].append(M.positive_log_odds(z).double().cpu())
         self.confusion += M._confusion_update(h["pred"], y, k)
-        cs = M._column_stats_update(z, y, k)
+        cs = M._column_stats_update(z, y, k, by_class=self.num_columns <= MAX_COLUMN_KEYS)
         if self.colstats is None:
             self.colstats = cs
         else:
             _merge_colstats(self.colstats, cs)
         if self.ovr is not None:
-            p = M.probabilities(z)
-            bins = HIST_BINS_FINE
-            idx = (p * bins).floor().clamp(0, bins - 1).long()
-            flat = idx + torch.arange(k, device=p.device) * bins
-            self.ovr["all_hist"] += (
-                torch.bincount(flat.reshape(-1), minlength=k * bins).reshape(k, bins).cpu().double()
-            )
-            pos = flat.gather(1, y[:, None])[:, 0]
-            self.ovr["pos_hist"] += (
-                torch.bincount(pos, minlength=k * bins).reshape(k, bins).cpu().double()
-            )
-            ptrue = p.gather(1, y[:, None])[:, 0]
-            self.ovr["pos_sum"] += (
-                torch.zeros(k, dtype=torch.float64, device=p.device).index_add_(0, y, ptrue).cpu()
-            )
-            self.ovr["pos_sumsq"] += (
-                torch.zeros(k, dtype=torch.float64, device=p.device)
-                .index_add_(0, y, ptrue * ptrue)
-                .cpu()
-            )
-            self.ovr["all_sum"] += p.sum(0).cpu()
-            self.ovr["all_sumsq"] += (p * p).sum(0).cpu()
+            self._update_ovr(z, y, h["lse"], k)
+
+    def _update_ovr(self, z: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, k: int) -> None:
+        """One-vs-rest score state: histograms of P(class c) over all samples and over the
+        samples of class c, and their sums and sums of squares."""
+        bins = HIST_BINS_FINE
+        p = torch.exp(z.float() - lse.float()[:, None])
+        flat = (p * bins).long().clamp_max_(bins - 1)
+        flat += torch.arange(0, k * bins, bins, device=p.device)
+        o = self.ovr
+        o["all_hist"] += torch.bincount(flat.view(-1), minlength=k * bins).view(k, bins).cpu()
+        pos = flat.gather(1, y[:, None])[:, 0]
+        o["pos_hist"] += torch.bincount(pos, minlength=k * bins).view(k, bins).cpu()
+        ptrue = p.gather(1, y[:, None])[:, 0].double()
+        zeros = torch.zeros(k, dtype=torch.float64, device=p.device)
+        o["pos_sum"] += zeros.index_add(0, y, ptrue).cpu()
+        o["pos_sumsq"] += zeros.index_add(0, y, ptrue * ptrue).cpu()
+        o["all_sum"] += p.sum(0).cpu()
+        o["all_sumsq"] += (torch.linalg.vector_norm(p, dim=0).double() ** 2).cpu()
 
     # ------------------------------------------------------------------------------------------
     def merge(self, other: Diagnoser) -> Diagnoser:
@@ -297,7 +297,10 @@ class Diagnoser:
             self.confusion += other.confusion
             if other.colstats is not None:
                 if self.colstats is None:
-                    self.colstats = {k: v.clone() for k, v in other.colstats.items()}
+                    self.colstats = {
+                        k: v.clone() if isinstance(v, torch.Tensor) else v
+                        for k, v in other.colstats.items()
+                    }
                 else:
                     _merge_colstats(self.colstats, other.colstats)
             if self.ovr is not None:
@@ -307,6 +310,7 @@ class Diagnoser:
         moved.seen = other.reservoir.seen
         if len(other.reservoir):
             moved.rows, moved.keys = other.reservoir.rows, other.reservoir.keys
+            moved.extra = other.reservoir.extra
             moved.labels = mapping[other.reservoir.labels]
         self.reservoir.merge(moved)
         return self
@@ -363,7 +367,7 @@ class Diagnoser:
         labels = torch.cat(self.samples["label"])
         self._geometry(metrics, reasons)
         if self.num_columns is not None:
-            self._logits(metrics, reasons, sections, labels)
+            self._logits(metrics, reasons, sampled, sections, labels)
         if self.head is not None:
             self._head(metrics, reasons, sections)
         self._vectors(metrics, reasons, sampled, sections)
@@ -395,7 +399,7 @@ class Diagnoser:
         metrics.update(g.to_dict())
         reasons.update(g.reasons)
 
-    def _logits(self, metrics, reasons, sections, labels) -> None:
+    def _logits(self, metrics, reasons, sampled, sections, labels) -> None:
         s = {k: torch.cat(v) for k, v in self.samples.items() if v}
         y = labels
         k = len(self._values)
@@ -449,49 +453,45 @@ class Diagnoser:
                 "xlabel": "P(positive)",
             }
         else:
-            self._multiclass_scores(metrics, reasons, sections, top)
+            self._multiclass_scores(metrics, reasons, sampled, sections, top)
 
-    def _multiclass_scores(self, metrics, reasons, sections, top) -> None:
-        o = self.ovr
-        n_c = self.counts.numpy()
-        n = n_c.sum()
-        present = n_c > 0
+    def _multiclass_scores(self, metrics, reasons, sampled, sections, top) -> None:
+        """One-vs-rest score separation, macro-averaged over classes: from exact histograms
+        (binned at 1/1000 of probability) up to MAX_COLUMN_KEYS columns, from the reservoir's
+        logits beyond (exact when it holds every sample)."""
         metrics["prob_mean"] = float(top.mean())
         metrics["saturation_fraction"] = float((top > 1 - 1e-3).mean())
         for key in ("pred_positive_rate", "label_positive_rate", "f1"):
             metrics[key] = NAN
             reasons[key] = "defined for binary models only"
-        pos_h, all_h = o["pos_hist"].numpy(), o["all_hist"].numpy()
-        neg_h = all_h - pos_h
-        ks, hel, fis = [], [], []
+        if self.ovr is not None:
+            pos_h, all_h = self.ovr["pos_hist"].numpy(), self.ovr["all_hist"].numpy()
+            moments = {
+                k: self.ovr[k].numpy() for k in ("pos_sum", "pos_sumsq", "all_sum", "all_sumsq")
+            }
+            n_c = self.counts.numpy()
+            how = f"binned at 1/{HIST_BINS_FINE} of probability"
+        else:
+            res = self.reservoir
+            if len(res) == 0:
+                for key in ("score_ks", "score_hellinger", "score_fisher"):
+                    metrics[key] = NAN
+                    reasons[key] = (
+                        "wide logits are scored on the reservoir, and reservoir_size is 0"
+                    )
+                return
+            pos_h, all_h, moments, n_c = _ovr_from_rows(res.extra, res.labels, len(self._values))
+            how = f"binned at 1/{HIST_BINS_FINE}, on the reservoir of {len(res)} samples"
+            info = {"exact": res.exact, "sample_size": len(res), "population": res.seen}
+            for key in ("score_ks", "score_hellinger", "score_fisher"):
+                sampled[key] = dict(info)
+        ks, hel, fis = _ovr_separation(pos_h, all_h, moments, n_c, self.bins)
+        metrics["score_ks"], metrics["score_hellinger"], metrics["score_fisher"] = ks, hel, fis
+        reasons["score_ks"] = f"one-vs-rest, macro-averaged over classes; {how}"
         group = HIST_BINS_FINE // self.bins
-        for c in np.nonzero(present)[0]:
-            n_neg = n - n_c[c]
-            if n_neg <= 0:
-                continue
-            cdf_p = np.cumsum(pos_h[c]) / n_c[c]
-            cdf_n = np.cumsum(neg_h[c]) / n_neg
-            ks.append(np.max(np.abs(cdf_p - cdf_n)))
-            hel.append(
-                M.hellinger_from_counts(
-                    pos_h[c].reshape(-1, group).sum(1), neg_h[c].reshape(-1, group).sum(1)
-                )
-            )
-            m1 = o["pos_sum"][c].item() / n_c[c]
-            v1 = o["pos_sumsq"][c].item() / n_c[c] - m1 * m1
-            m0 = (o["all_sum"][c].item() - o["pos_sum"][c].item()) / n_neg
-            v0 = (o["all_sumsq"][c].item() - o["pos_sumsq"][c].item()) / n_neg - m0 * m0
-            v = max(v1, 0) + max(v0, 0)
-            fis.append((m1 - m0) ** 2 / v if v > 0 else NAN)
-        metrics["score_ks"] = float(np.mean(ks)) if ks else NAN
-        metrics["score_hellinger"] = float(np.nanmean(hel)) if hel else NAN
-        metrics["score_fisher"] = float(np.nanmean(fis)) if fis and np.isfinite(fis).any() else NAN
-        reasons["score_ks"] = (
-            f"one-vs-rest, macro-averaged over classes; binned at 1/{HIST_BINS_FINE} of probability"
-        )
-        edges = M.histogram_edges(self.bins)
+        neg_h = all_h - pos_h
         sections["histograms"]["score"] = {
-            "edges": edges.tolist(),
+            "edges": M.histogram_edges(self.bins).tolist(),
             "counts": {
                 "true class": pos_h.sum(0).reshape(-1, group).sum(1).tolist(),
                 "other classes": neg_h.sum(0).reshape(-1, group).sum(1).tolist(),
@@ -652,7 +652,56 @@ class Diagnoser:
         return rows
 
 
+def _ovr_from_rows(logits: torch.Tensor, labels: torch.Tensor, k: int):
+    """One-vs-rest histograms and moments, as the streaming state keeps them, from rows."""
+    p = torch.softmax(logits.double(), dim=1)
+    bins = HIST_BINS_FINE
+    idx = (p * bins).long().clamp_max_(bins - 1) + torch.arange(0, k * bins, bins)
+    all_h = torch.bincount(idx.view(-1), minlength=k * bins).view(k, bins).double()
+    pos_h = torch.bincount(idx.gather(1, labels[:, None])[:, 0], minlength=k * bins)
+    ptrue = p.gather(1, labels[:, None])[:, 0]
+    zeros = torch.zeros(k, dtype=torch.float64)
+    moments = {
+        "pos_sum": zeros.index_add(0, labels, ptrue).numpy(),
+        "pos_sumsq": zeros.index_add(0, labels, ptrue * ptrue).numpy(),
+        "all_sum": p.sum(0).numpy(),
+        "all_sumsq": (p * p).sum(0).numpy(),
+    }
+    n_c = torch.bincount(labels, minlength=k).double().numpy()
+    return pos_h.view(k, bins).double().numpy(), all_h.numpy(), moments, n_c
+
+
+def _ovr_separation(pos_h, all_h, moments, n_c, bins: int) -> tuple[float, float, float]:
+    """Macro-averaged one-vs-rest KS, Hellinger (``bins`` coarse bins) and Fisher score."""
+    n = n_c.sum()
+    neg_h = all_h - pos_h
+    group = HIST_BINS_FINE // bins
+    ks, hel, fis = [], [], []
+    for c in np.nonzero(n_c > 0)[0]:
+        n_neg = n - n_c[c]
+        if n_neg <= 0:
+            continue
+        ks.append(np.max(np.abs(np.cumsum(pos_h[c]) / n_c[c] - np.cumsum(neg_h[c]) / n_neg)))
+        hel.append(
+            M.hellinger_from_counts(
+                pos_h[c].reshape(-1, group).sum(1), neg_h[c].reshape(-1, group).sum(1)
+            )
+        )
+        m1 = moments["pos_sum"][c] / n_c[c]
+        v1 = moments["pos_sumsq"][c] / n_c[c] - m1 * m1
+        m0 = (moments["all_sum"][c] - moments["pos_sum"][c]) / n_neg
+        v0 = (moments["all_sumsq"][c] - moments["pos_sumsq"][c]) / n_neg - m0 * m0
+        v = max(v1, 0) + max(v0, 0)
+        fis.append((m1 - m0) ** 2 / v if v > 0 else NAN)
+    ks_v = float(np.mean(ks)) if ks else NAN
+    hel_v = float(np.nanmean(hel)) if hel and np.isfinite(hel).any() else NAN
+    fis_v = float(np.nanmean(fis)) if fis and np.isfinite(fis).any() else NAN
+    return ks_v, hel_v, fis_v
+
+
 def _merge_colstats(a: dict, b: dict) -> None:
+    if a.get("by_class", True) != b.get("by_class", True):
+        raise ValueError("cannot merge column statistics kept with and without classes")
     a["count"] += b["count"]
     a["sum"] += b["sum"]
     a["sumsq"] += b["sumsq"]

@@ -128,10 +128,14 @@ def probe_margin_leak(model: nn.Module, inputs, labels) -> bool:
     return not torch.allclose(plain, with_labels, rtol=1e-5, atol=1e-6 * max(scale, 1.0))
 
 
-def _angles_update(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor):
+def _angles_update(
+    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, norms: torch.Tensor | None = None
+):
     """Angle (degrees) of each embedding to its class weight and to the nearest other one."""
     w = F.normalize(weight.detach().to(x.device, torch.float32), dim=1)
-    cos = F.normalize(x.float(), dim=1) @ w.T
+    if norms is None:
+        norms = torch.linalg.vector_norm(x.float(), dim=1)
+    cos = (x.float() @ w.T) / norms.float().clamp_min(1e-12)[:, None]
     true = cos.gather(1, y[:, None])[:, 0]
     if cos.shape[1] > 1:
         other = cos.scatter(1, y[:, None], -2.0).amax(dim=1)

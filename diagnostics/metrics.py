@@ -8,6 +8,7 @@ Every function accepts torch tensors or numpy arrays; labels may be any integers
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -30,19 +31,45 @@ def prepare_embeddings(x: torch.Tensor, space: str) -> torch.Tensor:
     return F.normalize(x, dim=1) if space == "cosine" else x
 
 
-def _class_sums_update(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-class (count [C], sum [C, D], sum of squared norms [C]) of prepared rows, float64 on CPU.
+_DENSE_CLASSES = 32  # up to this many classes the one-hot matrix is dense (a plain GEMM)
 
-    ``y`` holds class indices in [0, num_classes). The batch is reduced in its own dtype and
-    device (one pass), then promoted, so long streams accumulate in float64.
+
+def _class_sums_update(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    row_scale: torch.Tensor | None = None,
+    row_sqnorms: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-class (count [C], sum [C, D], sum of squared norms [C]) of rows, float64 on CPU.
+
+    ``y`` holds class indices in [0, num_classes). ``row_scale`` [B] multiplies each row first
+    (1 / norm puts rows on the unit sphere without materialising the normalised copy);
+    ``row_sqnorms`` [B] are the squared norms of the scaled rows (computed when not given).
+    The sums are one sparse-dense product (one pass over the batch, in its own dtype and
+    device), then promoted, so long streams accumulate in float64.
     """
-    d = x.shape[1]
+    b = x.shape[0]
+    weights = (
+        row_scale.to(x.dtype)
+        if row_scale is not None
+        else torch.ones(b, dtype=x.dtype, device=x.device)
+    )
+    if row_sqnorms is None:
+        row_sqnorms = torch.linalg.vector_norm(x, dim=1).double() ** 2 * weights.double() ** 2
     counts = torch.bincount(y, minlength=num_classes).to("cpu", torch.float64)
-    sums = torch.zeros(num_classes, d, dtype=x.dtype, device=x.device).index_add_(0, y, x)
-    sq = torch.zeros(num_classes, dtype=x.dtype, device=x.device).index_add_(
-        0, y, (x * x).sum(dim=1)
+    if num_classes <= _DENSE_CLASSES:
+        onehot = torch.zeros(num_classes, b, dtype=x.dtype, device=x.device)
+        onehot[y, torch.arange(b, device=x.device)] = weights
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # sparse CSR is "beta"
+            onehot = torch.sparse_coo_tensor(
+                torch.stack([y, torch.arange(b, device=x.device)]), weights, (num_classes, b)
+            ).to_sparse_csr()
+    sums = onehot @ x
+    sq = torch.zeros(num_classes, dtype=torch.float64, device=x.device).index_add_(
+        0, y, row_sqnorms.double()
     )
     return counts, sums.to("cpu", torch.float64), sq.to("cpu", torch.float64)
 
@@ -340,9 +367,23 @@ def _margins(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return true - other
 
 
-def _column_stats_update(z: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
-    """Per column, and per column per true class: count, sum, sum of squares, min, max."""
+def _column_stats_update(
+    z: torch.Tensor, y: torch.Tensor, num_classes: int, by_class: bool = True
+) -> dict:
+    """Per column (and, when ``by_class``, per column per true class): count, sum, sum of
+    squares, min, max. Narrow logits are reduced in float64; wide ones (``by_class=False``)
+    per batch in their own dtype with one row of state."""
     z2 = z[:, None] if z.ndim == 1 else z
+    if not by_class:
+        return {
+            "by_class": False,
+            "count": torch.tensor([float(z2.shape[0])], dtype=torch.float64),
+            "sum": z2.sum(0, keepdim=True).to("cpu", torch.float64),
+            "sumsq": torch.linalg.vector_norm(z2, dim=0, keepdim=True).to("cpu", torch.float64)
+            ** 2,
+            "min": z2.amin(0, keepdim=True).to("cpu", torch.float64),
+            "max": z2.amax(0, keepdim=True).to("cpu", torch.float64),
+        }
     z2 = z2.double()
     c = z2.shape[1]
     cnt = torch.bincount(y, minlength=num_classes).double()
@@ -355,7 +396,8 @@ def _column_stats_update(z: torch.Tensor, y: torch.Tensor, num_classes: int) -> 
 
 
 def _column_stats_compute(st: dict) -> dict:
-    """-> {"col": [C] dicts of mean/std/min/max, "by_class": [K][C] dicts}, population std."""
+    """-> {"col": [C] dicts of mean/std/min/max, "by_class": [K][C] dicts (empty when the state
+    was kept without classes)}, population std."""
     cnt, s, ss, lo, hi = st["count"], st["sum"], st["sumsq"], st["min"], st["max"]
 
     def stats(n, s_, ss_, lo_, hi_):
@@ -376,13 +418,19 @@ def _column_stats_compute(st: dict) -> dict:
         )
         for j in range(s.shape[1])
     ]
-    by_class = [
+    by_class = (
         [
-            stats(float(cnt[k]), float(s[k, j]), float(ss[k, j]), float(lo[k, j]), float(hi[k, j]))
-            for j in range(s.shape[1])
+            [
+                stats(
+                    float(cnt[k]), float(s[k, j]), float(ss[k, j]), float(lo[k, j]), float(hi[k, j])
+                )
+                for j in range(s.shape[1])
+            ]
+            for k in range(s.shape[0])
         ]
-        for k in range(s.shape[0])
-    ]
+        if st.get("by_class", True)
+        else []
+    )
     return {"col": cols, "by_class": by_class}
 
 
@@ -452,18 +500,34 @@ CONFIDENT = 0.9
 
 
 def _hardness_update(z: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-sample scalars from logits: prediction, its probability, gray-zone flag, margin."""
-    p = probabilities(z)
+    """Per-sample scalars from logits: prediction, its probability, gray-zone flag, margin.
+
+    For [N, C] logits only the top two logits and the log-sum-exp of each row are needed
+    (no softmax matrix); ``lse`` is returned for callers that want the probabilities.
+    """
     if z.ndim == 1:
+        p = torch.sigmoid(z.double())
         pred = (p >= 0.5).long()
-        top = torch.where(pred == 1, p, 1 - p)
-        gray = (p - 0.5).abs() < GRAY_ZONE_BINARY
-    else:
-        top2 = p.topk(2, dim=1).values
-        pred = p.argmax(dim=1)
-        top = top2[:, 0]
-        gray = (top2[:, 0] - top2[:, 1]) < GRAY_ZONE_MULTICLASS
-    return {"pred": pred, "top_prob": top, "gray": gray, "margin": _margins(z, y).double()}
+        return {
+            "pred": pred,
+            "top_prob": torch.where(pred == 1, p, 1 - p),
+            "gray": (p - 0.5).abs() < GRAY_ZONE_BINARY,
+            "margin": _margins(z, y).double(),
+        }
+    check_label_range(y, z.shape[1], "logit columns")
+    top, idx = z.topk(2, dim=1)
+    lse = torch.logsumexp(z, dim=1)
+    p1, p2 = torch.exp(top[:, 0] - lse).double(), torch.exp(top[:, 1] - lse).double()
+    pred = idx[:, 0]
+    true = z.gather(1, y[:, None])[:, 0]
+    other = torch.where(pred == y, top[:, 1], top[:, 0])
+    return {
+        "pred": pred,
+        "top_prob": p1,
+        "gray": (p1 - p2) < GRAY_ZONE_MULTICLASS,
+        "margin": (true - other).double(),
+        "lse": lse,
+    }
 
 
 @dataclass(frozen=True)

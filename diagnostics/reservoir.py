@@ -29,16 +29,29 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shr(x, 31)
 
 
-def row_keys(rows: torch.Tensor, labels: torch.Tensor, seed: int) -> torch.Tensor:
-    """Keys in [0, 2^63) from the float32 bits of (up to 64 evenly spaced) columns, the label and
-    the seed. Integer arithmetic only, so a row gets the same key in any batch."""
+def _column_hash(rows: torch.Tensor, labels: torch.Tensor, seed: int, n_cols: int) -> torch.Tensor:
+    """63-bit hash of the float32 bits of up to ``n_cols`` evenly spaced columns, the label and
+    the seed. Integer arithmetic only (wrapping modulo 2^64), so a row gets the same hash in
+    any batch, on any device."""
     d = rows.shape[1]
-    cols = torch.linspace(0, d - 1, min(d, _HASHED_DIMS)).round().long().unique()
+    cols = torch.linspace(0, d - 1, min(d, n_cols)).round().long().unique()
     bits = rows[:, cols.to(rows.device)].float().contiguous().view(torch.int32).long()
     coef = _mix(torch.arange(1, len(cols) + 1, dtype=torch.int64, device=rows.device) * _GOLDEN)
-    h = (bits * (coef | 1)).sum(dim=1)  # wraps modulo 2^64: exact and order-free
-    h = _mix(h ^ _mix(labels.long() * _GOLDEN + int(seed)))
+    h = (bits * (coef | 1)).sum(dim=1)
+    h = _mix(h ^ _mix(labels.long() * _GOLDEN + int(seed) * (n_cols + 1)))
     return h & _MASK63
+
+
+def row_keys(rows: torch.Tensor, labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """Sampling keys in [0, 2^63): a cheap 31-bit hash of 4 columns in the high bits, a hash of
+    up to 64 columns in the low 32 bits (ties of the cheap part are rare and resolved by it)."""
+    return (_coarse_keys(rows, labels, seed) << 32) | (
+        _column_hash(rows, labels, seed, _HASHED_DIMS) & 0xFFFFFFFF
+    )
+
+
+def _coarse_keys(rows: torch.Tensor, labels: torch.Tensor, seed: int) -> torch.Tensor:
+    return _shr(_column_hash(rows, labels, seed, 4), 32)
 
 
 class Reservoir:
@@ -53,6 +66,7 @@ class Reservoir:
 
     def reset(self) -> None:
         self.rows: torch.Tensor | None = None
+        self.extra: torch.Tensor | None = None  # optional payload aligned with rows
         self.labels = torch.zeros(0, dtype=torch.int64)
         self.keys = torch.zeros(0, dtype=torch.int64)
         self.seen = 0
@@ -65,12 +79,37 @@ class Reservoir:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def update(self, raw: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor) -> None:
-        """Offer a batch: ``raw`` rows are hashed, ``rows`` (e.g. normalised) are stored."""
+    def update(
+        self,
+        raw: torch.Tensor,
+        labels: torch.Tensor,
+        row_scale: torch.Tensor | None = None,
+        key_labels: torch.Tensor | None = None,
+        extra: torch.Tensor | None = None,
+    ) -> None:
+        """Offer a batch of ``raw`` rows (hashed as given); a row is stored multiplied by its
+        ``row_scale`` (e.g. 1 / norm for cosine space) with its ``labels``. ``key_labels`` (the
+        raw label values, when ``labels`` are internal indices) enter the hash. Only rows whose
+        cheap key can beat the current largest key are fully hashed and copied, so a full
+        reservoir costs little."""
         self.seen += len(labels)
         if self.capacity == 0 or len(labels) == 0:
             return
-        self._offer(row_keys(raw, labels, self.seed), rows, labels)
+        key_labels = labels if key_labels is None else key_labels
+        coarse = _coarse_keys(raw, key_labels, self.seed)
+        if len(self) == self.capacity:
+            cand = (coarse << 32) < self.keys.max().to(coarse.device)
+            if not bool(cand.any()):
+                return
+            idx = torch.nonzero(cand)[:, 0]
+            raw, labels, coarse = raw[idx], labels[idx], coarse[idx]
+            key_labels = key_labels[idx]
+            row_scale = None if row_scale is None else row_scale[idx]
+            extra = None if extra is None else extra[idx]
+        fine = _column_hash(raw, key_labels, self.seed, _HASHED_DIMS) & 0xFFFFFFFF
+        keys = (coarse << 32) | fine
+        rows = raw if row_scale is None else raw * row_scale[:, None].to(raw.dtype)
+        self._offer(keys, rows, labels, extra)
 
     def merge(self, other: Reservoir) -> None:
         if other.capacity != self.capacity or other.seed != self.seed:
@@ -80,44 +119,66 @@ class Reservoir:
             )
         self.seen += other.seen
         if len(other):
-            self._offer(other.keys, other.rows, other.labels)
+            self._offer(other.keys, other.rows, other.labels, other.extra)
 
-    def _offer(self, keys: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor) -> None:
+    def _offer(
+        self,
+        keys: torch.Tensor,
+        rows: torch.Tensor,
+        labels: torch.Tensor,
+        extra: torch.Tensor | None = None,
+    ) -> None:
+        """Keep the ``capacity`` smallest keys of the stored rows and these candidates.
+        ``extra`` is an optional payload aligned with the rows (e.g. wide logits)."""
         keys = keys.cpu()
-        if len(self) == self.capacity:
+        if len(self) == self.capacity and len(keys):
             take = keys < self.keys.max()
             if not bool(take.any()):
                 return
             keys = keys[take]
             rows, labels = rows[take.to(rows.device)], labels[take.to(labels.device)]
-        rows = rows.detach().to("cpu", torch.float32)
-        labels = labels.cpu()
+            extra = None if extra is None else extra[take.to(extra.device)]
+        new_fields = {"rows": rows.detach().to("cpu", torch.float32), "labels": labels.cpu()}
+        if extra is not None:
+            new_fields["extra"] = extra.detach().to("cpu", torch.float32)
         if self.rows is None:
-            self.rows = rows[:0].clone()
-        if rows.shape[1] != self.rows.shape[1]:
+            self.rows = new_fields["rows"][:0].clone()
+            if extra is not None:
+                self.extra = new_fields["extra"][:0].clone()
+        if new_fields["rows"].shape[1] != self.rows.shape[1]:
             raise ValueError(
                 f"embeddings have {rows.shape[1]} columns, earlier batches had {self.rows.shape[1]}"
             )
+        if (extra is None) != (self.extra is None):
+            raise ValueError("every batch must bring the reservoir payload, or none")
+        names = list(new_fields)
         if len(self) + len(keys) <= self.capacity:
-            self.rows = torch.cat([self.rows, rows])
-            self.labels = torch.cat([self.labels, labels])
+            for name in names:
+                setattr(self, name, torch.cat([getattr(self, name), new_fields[name]]))
             self.keys = torch.cat([self.keys, keys])
             return
         all_keys = torch.cat([self.keys, keys])
         # (key, position) ordering makes equal keys (duplicate rows) resolve deterministically
         keep = torch.argsort(all_keys, stable=True)[: self.capacity]
-        if len(self) < self.capacity:
-            self.rows = torch.cat([self.rows, rows])[keep]
-            self.labels = torch.cat([self.labels, labels])[keep]
-            self.keys = all_keys[keep]
-            return
         new = keep[keep >= len(self)] - len(self)
         kept_old = torch.zeros(len(self), dtype=torch.bool)
         kept_old[keep[keep < len(self)]] = True
+        if len(self) < self.capacity:
+            for name in names:
+                old = getattr(self, name)
+                setattr(self, name, torch.cat([old[kept_old], new_fields[name][new]]))
+            self.keys = torch.cat([self.keys[kept_old], keys[new]])
+            return
         slots = torch.nonzero(~kept_old)[:, 0]
-        self.rows[slots] = rows[new]
-        self.labels[slots] = labels[new]
+        for name in names:
+            getattr(self, name)[slots] = new_fields[name][new]
         self.keys[slots] = keys[new]
 
     def state(self) -> dict:
-        return {"rows": self.rows, "labels": self.labels, "keys": self.keys, "seen": self.seen}
+        return {
+            "rows": self.rows,
+            "labels": self.labels,
+            "keys": self.keys,
+            "extra": self.extra,
+            "seen": self.seen,
+        }

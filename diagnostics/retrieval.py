@@ -151,55 +151,149 @@ def _score_factors(x: torch.Tensor, space: str) -> tuple[torch.Tensor, torch.Ten
     return torch.cat([xc, -sq, one], dim=1), torch.cat([2 * xc, one, -sq], dim=1)
 
 
-class _TopK:
-    """Running top-K neighbours (values and same-class flags) of queries 0..M-1, sorted.
+_SENTINEL = torch.iinfo(torch.int64).min
+_IDX_MAX = 2**31 - 1
+_LOWEST = torch.finfo(torch.float32).min
 
-    ``thr[q]`` is the K_q-th best similarity seen so far for query q (-inf until K_q are seen):
-    a candidate not above it cannot enter q's top K_q. Strictly above: among equal values the
-    one seen first is kept, so ties are broken by processing order.
+
+def _keys(v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordered as (similarity descending, then sample index ascending).
+
+    The float32 bits are mapped to an int32 of the same order (negative floats have their
+    magnitude bits flipped), shifted up, and the low 32 bits hold 2^31 - 1 - index.
+    """
+    bits = v.contiguous().view(torch.int32)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return (ordered.to(torch.int64) << 32) | (_IDX_MAX - idx)
+
+
+def _key_values(keys: torch.Tensor) -> torch.Tensor:
+    ordered = (keys >> 32).to(torch.int32)
+    return (ordered ^ ((ordered >> 31) & 0x7FFFFFFF)).view(torch.float32)
+
+
+def _key_index(keys: torch.Tensor) -> torch.Tensor:
+    return _IDX_MAX - (keys & 0xFFFFFFFF)
+
+
+def _top_rows(keys: torch.Tensor, k: int) -> torch.Tensor:
+    """The k largest keys of each row, sorted descending (numpy's vectorised sort on CPU)."""
+    width = keys.shape[1]
+    k = min(k, width)
+    if keys.device.type != "cpu":
+        return torch.topk(keys, k, dim=1).values
+    arr = keys.numpy()
+    if 4 * k < width:
+        arr = np.partition(arr, width - k, axis=1)[:, width - k :]
+    out = np.sort(arr, axis=1)[:, ::-1][:, :k]
+    return torch.from_numpy(np.ascontiguousarray(out))
+
+
+def _kth_largest(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The k[i]-th largest value of row i of a float tensor (-inf where k[i] > row length)."""
+    width = x.shape[1]
+    if x.device.type != "cpu":
+        desc = torch.sort(x, dim=1, descending=True).values
+    else:
+        desc = torch.from_numpy(np.sort(x.numpy(), axis=1)[:, ::-1].copy())
+    kth = desc.gather(1, (k - 1).clamp(0, width - 1)[:, None])[:, 0]
+    return torch.where(k <= width, kth, _NEG_INF)
+
+
+class _TopK:
+    """Running top-K neighbours of queries 0..M-1, as int64 keys (see :func:`_keys`), sorted.
+
+    ``thr[q]`` is a lower bound of the K_q-th best similarity of query q: a candidate below it
+    cannot be among q's K_q nearest. It only rises (at merges, and from seeding).
     """
 
-    def __init__(self, kq: torch.Tensor, codes: torch.Tensor, k: int):
+    def __init__(self, kq: torch.Tensor, k: int):
         m, dev = len(kq), kq.device
         self.k = k
-        self.codes = codes
-        self.kq1 = (kq - 1).clamp_min(0)[:, None]
-        self.vals = torch.full((m, k), _NEG_INF, device=dev)
-        self.rel = torch.zeros((m, k), dtype=torch.bool, device=dev)
-        self.thr = torch.full((m,), _NEG_INF, device=dev)
+        self.kq1 = (kq - 1).clamp_min(0)
+        self.keys = torch.full((m, k), _SENTINEL, dtype=torch.int64, device=dev)
+        self.thr = torch.full((m,), _LOWEST, device=dev)
 
-    def offer(self, q: torch.Tensor, cand: torch.Tensor, ref0: int) -> None:
-        """Merge candidates ``cand[a, c]`` = similarity of query ``q[a]`` to reference ref0 + c."""
-        thr = self.thr[q]
-        mask = cand > thr[:, None]
-        counts = mask.sum(dim=1)
-        m = int(counts.max()) if len(counts) else 0
-        if m == 0:
+    def raise_thr(self, q: torch.Tensor, lower_bound: torch.Tensor) -> None:
+        self.thr[q] = torch.maximum(self.thr[q], lower_bound.clamp_min(_LOWEST))
+
+    def offer(self, q: torch.Tensor, keys: torch.Tensor) -> None:
+        """Merge candidates (query ``q[p]``, key ``keys[p]``) into the top-K; ``q`` sorted."""
+        if len(q) == 0:
             return
-        keep = counts > 0
-        if not bool(keep.all()):
-            q, cand, mask, counts = q[keep], cand[keep], mask[keep], counts[keep]
-        qcode = self.codes[q]
-        width = cand.shape[1]
-        if 8 * int(counts.sum()) > len(q) * width:
-            # Dense: most candidates pass, rank them all.
-            v, c = torch.topk(cand, min(self.k, width), dim=1)
-            r = (self.codes[ref0 + c] == qcode[:, None]) & (v > _NEG_INF)
-        else:
-            # Sparse: pack each row's few passing candidates into m columns (-inf padded).
-            a, c = torch.nonzero(mask, as_tuple=True)
-            start = torch.cumsum(counts, 0) - counts
-            pos = torch.arange(len(a), device=a.device) - start[a]
-            v = torch.full((len(q), m), _NEG_INF, device=cand.device)
-            v[a, pos] = cand[a, c]
-            r = torch.zeros((len(q), m), dtype=torch.bool, device=cand.device)
-            r[a, pos] = self.codes[ref0 + c] == qcode[a]
-        allv = torch.cat([self.vals[q], v], dim=1)
-        allr = torch.cat([self.rel[q], r], dim=1)
-        top_v, top_i = torch.topk(allv, self.k, dim=1)
-        self.vals[q] = top_v
-        self.rel[q] = torch.gather(allr, 1, top_i)
-        self.thr[q] = torch.gather(top_v, 1, self.kq1[q])[:, 0]
+        dev = q.device
+        uq, counts = torch.unique_consecutive(q, return_counts=True)
+        start = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        slot = torch.arange(len(q), device=dev) - start + self.k
+        row = torch.repeat_interleave(torch.arange(len(uq), device=dev), counts)
+        both = torch.full((len(uq), self.k + int(counts.max())), _SENTINEL, device=dev)
+        both[:, : self.k] = self.keys[uq]
+        both[row, slot] = keys
+        top = _top_rows(both, self.k)
+        self.keys[uq] = top
+        kth = top.gather(1, self.kq1[uq, None])[:, 0]
+        self.raise_thr(uq, torch.where(kth == _SENTINEL, _LOWEST, _key_values(kth)))
+
+
+def _group_max(sim: torch.Tensor, g: int, dim: int) -> torch.Tensor:
+    """Maxima of the consecutive groups of ``g`` entries along ``dim`` (sizes divisible by g)."""
+    return sim.unflatten(dim, (sim.shape[dim] // g, g)).amax(dim=dim + 1)
+
+
+_GROUP = 32
+
+
+def _sorted_by_first(parts: list, device: torch.device) -> tuple[torch.Tensor, ...]:
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return empty, empty, torch.zeros(0, device=device)
+    if len(parts) == 1:
+        return parts[0]
+    first, second, vals = (torch.cat(t) for t in zip(*parts))
+    order = torch.argsort(first, stable=True)
+    return first[order], second[order], vals[order]
+
+
+def _candidates_rows(sim: torch.Tensor, thr: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(row, column, value) of the entries of ``sim`` >= ``thr[row]``, sorted by row.
+
+    Maxima over groups of 32 columns select the few groups that hold a candidate; only those
+    are read again.
+    """
+    g = _GROUP
+    br, bc = sim.shape
+    full = bc // g * g
+    out = []
+    if full:
+        head = sim[:, :full]
+        a, gi = torch.nonzero(_group_max(head, g, 1) >= thr[:, None], as_tuple=True)
+        if len(a):
+            v = head.unflatten(1, (full // g, g))[a, gi]
+            p, o = torch.nonzero(v >= thr[a][:, None], as_tuple=True)
+            out.append((a[p], gi[p] * g + o, v[p, o]))
+    if full < bc:
+        a, c = torch.nonzero(sim[:, full:] >= thr[:, None], as_tuple=True)
+        out.append((a, c + full, sim[a, c + full]))
+    return _sorted_by_first(out, sim.device)
+
+
+def _candidates_cols(sim: torch.Tensor, thr: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(column, row, value) of the entries of ``sim`` >= ``thr[column]``, sorted by column."""
+    g = _GROUP
+    br, bc = sim.shape
+    full = br // g * g
+    out = []
+    if full:
+        head = sim[:full]
+        c, gi = torch.nonzero((_group_max(head, g, 0) >= thr[None, :]).T, as_tuple=True)
+        if len(c):
+            v = head.unflatten(0, (full // g, g))[gi, :, c]
+            p, o = torch.nonzero(v >= thr[c][:, None], as_tuple=True)
+            out.append((c[p], gi[p] * g + o, v[p, o]))
+    if full < br:
+        c, a = torch.nonzero((sim[full:] >= thr[None, :]).T, as_tuple=True)
+        out.append((c, a + full, sim[a + full, c]))
+    return _sorted_by_first(out, sim.device)
 
 
 def _scores(rel: torch.Tensor, r: torch.Tensor, ks: tuple[int, ...]) -> tuple[list, torch.Tensor]:
@@ -284,31 +378,40 @@ def knn_retrieval(
         order = torch.argsort(group * (len(counts) + 1) + codes, stable=True)
         n_small = int((group == 0).sum())
         n_large = int((group == 1).sum())
+        codes_in = codes
         codes, r_all, kq_all = codes[order], r_all[order], kq_all[order]
         a, b = _score_factors(x[order], space)
 
+        def relevance(keys: torch.Tensor, qcodes: torch.Tensor) -> torch.Tensor:
+            idx = _key_index(keys).clamp_max(n - 1)
+            return (codes_in[idx] == qcodes[:, None]) & (keys != _SENTINEL)
+
         n_hits = torch.zeros(len(ks), dtype=torch.float64, device=dev)
         ap_sum = torch.zeros((), dtype=torch.float64, device=dev)
+
+        def add(rel: torch.Tensor, r: torch.Tensor) -> None:
+            nonlocal ap_sum
+            hits, ap = _scores(rel, r, ks)
+            n_hits.add_(torch.stack([h.sum() for h in hits]).to(torch.float64))
+            ap_sum = ap_sum + ap.sum()
+
         if n_small:
-            top = _symmetric_topk(a, b, codes, kq_all[:n_small], n_small, block)
+            top = _symmetric_topk(a, b, order, kq_all[:n_small], n_small, block)
             for s in range(0, n_small, block):
                 e = min(s + block, n_small)
-                hits, ap = _scores(top.rel[s:e], r_all[s:e], ks)
-                n_hits += torch.stack([h.sum() for h in hits]).to(torch.float64)
-                ap_sum += ap.sum()
+                add(relevance(top.keys[s:e, : top.k], codes[s:e]), r_all[s:e])
+            del top
         if n_large:
             rows = max(1, block * block // n)
             for s in range(n_small, n_small + n_large, rows):
                 e = min(s + rows, n_small + n_large)
                 sim = a[s:e] @ b.T
                 sim[torch.arange(e - s, device=dev), torch.arange(s, e, device=dev)] = _NEG_INF
-                k = int(kq_all[s:e].max())
-                idx = torch.topk(sim, k, dim=1).indices
+                keys = _keys(sim, order.expand(e - s, n))
                 del sim
-                rel = codes[idx] == codes[s:e, None]
-                hits, ap = _scores(rel, r_all[s:e], ks)
-                n_hits += torch.stack([h.sum() for h in hits]).to(torch.float64)
-                ap_sum += ap.sum()
+                top_keys = _top_rows(keys, int(kq_all[s:e].max()))
+                del keys
+                add(relevance(top_keys, codes[s:e]), r_all[s:e])
 
     n_queries = n_small + n_large
     if n_queries == 0:
@@ -321,50 +424,40 @@ def knn_retrieval(
 
 
 def _symmetric_topk(
-    a: torch.Tensor, b: torch.Tensor, codes: torch.Tensor, kq: torch.Tensor, m: int, block: int
+    a: torch.Tensor, b: torch.Tensor, orig: torch.Tensor, kq: torch.Tensor, m: int, block: int
 ) -> _TopK:
     """Top-K_q neighbours of queries 0..m-1 among all N rows, each block product once.
 
-    Pass 1 visits the diagonal blocks: small tiles on the diagonal seed every query's top-K
-    with its nearest rows in the (class-sorted) order, then the rest of the block is offered.
-    Pass 2 visits each off-diagonal block (i < j) once and offers it to the queries of block i
-    (its rows) and of block j (its columns, when those are queries). Row and column maxima
-    decide which queries can gain anything, so most of a block is read once and dropped.
+    Pass 1 visits the diagonal blocks. Tiles on the diagonal give every query a lower bound of
+    its K_q-th best similarity (the K-th best within the tile, whose rows are mostly its
+    classmates in the class-sorted order), then the block is offered to its rows. Pass 2
+    visits each off-diagonal block (i < j) once and offers it to the queries of block i (its
+    rows) and of block j (its columns, when those are queries).
     """
     n = a.shape[0]
+    dev = a.device
     k = int(kq.max())
-    top = _TopK(kq, codes, k)
+    top = _TopK(kq, k)
     tile = min(block, max(512, 4 * k))
     q_blocks = [(s, min(s + block, m)) for s in range(0, m, block)]
     bounds = q_blocks + [(s, min(s + block, n)) for s in range(m, n, block)]
 
     for s, e in q_blocks:
         sim = a[s:e] @ b[s:e].T
-        q = torch.arange(s, e, device=a.device)
+        sim.fill_diagonal_(_NEG_INF)
         for t in range(0, e - s, tile):
             u = min(t + tile, e - s)
-            part = sim[t:u, t:u]
-            part.fill_diagonal_(_NEG_INF)
-            top.offer(q[t:u], part, s + t)
-            part.fill_(_NEG_INF)
-        sim.fill_diagonal_(_NEG_INF)
-        _offer_rows(top, sim, q, s)
+            q = torch.arange(s + t, s + u, device=dev)
+            top.raise_thr(q, _kth_largest(sim[t:u, t:u], kq[q]))
+        r, c, v = _candidates_rows(sim, top.thr[s:e])
+        top.offer(s + r, _keys(v, orig[s + c]))
 
     for i, (s, e) in enumerate(q_blocks):
-        q_rows = torch.arange(s, e, device=a.device)
         for s2, e2 in bounds[i + 1 :]:
             sim = a[s:e] @ b[s2:e2].T
-            _offer_rows(top, sim, q_rows, s2)
+            r, c, v = _candidates_rows(sim, top.thr[s:e])
+            top.offer(s + r, _keys(v, orig[s2 + c]))
             if s2 < m:
-                cmax = sim.amax(dim=0)
-                cols = torch.nonzero(cmax > top.thr[s2:e2]).flatten()
-                if len(cols):
-                    top.offer(cols + s2, sim[:, cols].T, s)
+                c, r, v = _candidates_cols(sim, top.thr[s2:e2])
+                top.offer(s2 + c, _keys(v, orig[s + r]))
     return top
-
-
-def _offer_rows(top: _TopK, sim: torch.Tensor, q: torch.Tensor, ref0: int) -> None:
-    rmax = sim.amax(dim=1)
-    rows = torch.nonzero(rmax > top.thr[q]).flatten()
-    if len(rows):
-        top.offer(q[rows], sim[rows], ref0)

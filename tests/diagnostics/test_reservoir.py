@@ -9,7 +9,7 @@ def _fill(x, y, cuts, capacity=50, seed=0):
     r = Reservoir(capacity, seed)
     bounds = [0, *cuts, len(y)]
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        r.update(x[a:b], x[a:b], y[a:b])
+        r.update(x[a:b], y[a:b])
     return r
 
 
@@ -37,6 +37,14 @@ def test_kept_set_ignores_batching_order_and_merging():
     assert not a.exact and len(a) == 50 and a.seen == 500
     assert _kept(a) == _kept(b) == _kept(right)
     assert right.seen == 500
+
+
+def test_full_reservoir_only_takes_smaller_keys():
+    x = torch.randn(300, 8)
+    y = torch.zeros(300, dtype=torch.long)
+    r = _fill(x, y, list(range(10, 300, 10)), capacity=20)
+    expected = torch.sort(row_keys(x, y, 0)).values[:20]
+    assert torch.equal(torch.sort(r.keys).values, expected)
 
 
 def test_keys_are_per_row_and_seeded():
