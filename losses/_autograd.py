@@ -1,16 +1,21 @@
-"""Two small autograd functions that keep the margin heads close to the cost of their matmuls.
+"""The fused cosine-margin kernels behind the margin heads: two autograd functions.
 
-Why they exist (measured in ``benchmarks/bench_losses.py``):
+``margin_logits`` computes ``s * cos`` between L2-normalised embeddings and class weights and
+applies the margin to the ``B`` target entries; ``margin_cross_entropy`` also takes the mean
+cross-entropy. Their backward passes are written by hand so that a training step costs little
+more than its three matrix products (measured in ``benchmarks/bench_losses.py``):
 
-- ``l2_normalize``: ``F.normalize`` differentiates through ``x / norm.clamp_min(eps).expand_as(x)``
-  with the generic division rule, several full passes over the ``[C, D]`` class weights in the
-  backward. The closed form ``dx = (g - y <g, y>) / ||x||`` needs one reduction and one fused pass.
-- ``apply_target_margin``: the margin changes ``B`` entries of a ``[B, C]`` matrix. Autograd
-  through a gather plus an out-of-place scatter allocates, fills and adds several ``[B, C]``
-  gradients; this function writes the ``B`` targets in place and, in the backward, copies the
-  incoming gradient once and rescales its ``B`` target entries.
+- the margin's gradient is added as ``B`` rank-one corrections to the two backward matrix
+  products (``delta_b * w_{y_b}`` into the embedding gradient, ``delta_b * x_b`` into row
+  ``y_b`` of the weight gradient) instead of rewriting a copy of the ``[B, C]`` gradient;
+- the normalisation backward ``(g - y <g, y>) / |x|`` runs in place on the fresh products;
+- ``margin_cross_entropy`` turns its ``[B, C]`` log-probabilities into probabilities in place
+  and never builds a one-hot or gradient matrix (the ``-1`` at the targets is a correction too).
 
-Both support one backward pass (``once_differentiable``); double backward raises.
+The margin itself, ``fn`` (a head's ``_target_logit``), is differentiated by autograd on the
+``B`` target cosines only, in float32 (float64 for float64 inputs). Under autocast the matrix
+products run in the autocast dtype and everything else in float32. Only one backward pass is
+supported (``once_differentiable``); double backward raises.
 """
 
 from __future__ import annotations
@@ -20,84 +25,174 @@ from collections.abc import Callable
 import torch
 from torch.autograd.function import once_differentiable
 
+_NORM_EPS = 1e-12  # as F.normalize
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half types (autocast safety), the tensor's own dtype for float32/float64."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-class _L2Normalize(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
-        xf = x.to(_compute_dtype(x.dtype))
-        norm = torch.linalg.vector_norm(xf, dim=1, keepdim=True).clamp_min_(eps)
-        y = xf / norm
-        ctx.save_for_backward(y, norm)
-        ctx.in_dtype = x.dtype
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        y, norm = ctx.saved_tensors
-        grad = grad.to(y.dtype)
-        dot = (grad * y).sum(dim=1, keepdim=True)
-        return grad.addcmul(y, dot, value=-1.0).div_(norm).to(ctx.in_dtype), None
+MarginFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Rows of ``x`` divided by their L2 norm (clamped below at ``eps``), as ``F.normalize``.
-
-    Computed in float32 for half inputs (the result is then float32), else in ``x.dtype``.
-    """
-    return _L2Normalize.apply(x, eps)
-
-
-class _TargetMargin(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        scale: float,
-        fn: Callable[[torch.Tensor], torch.Tensor],
-    ) -> torch.Tensor:
-        index = labels.unsqueeze(1)
-        cos = logits.gather(1, index).to(_compute_dtype(logits.dtype)).div_(scale)
-        with torch.enable_grad():
-            leaf = cos.detach().requires_grad_(True)
-            modified = fn(leaf)
-        logits.scatter_(1, index, (modified.detach() * scale).to(logits.dtype))
-        ctx.mark_dirty(logits)
-        ctx.save_for_backward(index)
-        ctx.graph = (leaf, modified)
-        return logits
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        (index,) = ctx.saved_tensors
-        leaf, modified = ctx.graph
-        grad_target = grad.gather(1, index).to(leaf.dtype)
-        # retain_graph: the B-element graph must survive an outer backward(retain_graph=True).
-        (grad_cos,) = torch.autograd.grad(modified, leaf, grad_target, retain_graph=True)
-        return grad.scatter(1, index, grad_cos.to(grad.dtype)), None, None, None
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float32 for half inputs, float64 if any input is float64."""
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
 
 
-def apply_target_margin(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
+def _forward(
+    ctx,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor | None,
     scale: float,
-    fn: Callable[[torch.Tensor], torch.Tensor],
+    fn: MarginFn | None,
+    track: bool,
 ) -> torch.Tensor:
-    """Replace ``logits[i, labels[i]] = scale * c`` by ``scale * fn(c)``, in place.
+    """``s * cos``, with the margin on the targets when ``fn`` is given; stores what the backward
+    needs on ``ctx`` (``labels`` is kept for the backward corrections even without ``fn``)."""
+    device_type = x.device.type
+    cdt = _compute_dtype(x, weight)
+    if torch.is_autocast_enabled(device_type):
+        mm_dtype = torch.get_autocast_dtype(device_type)
+    else:
+        mm_dtype = torch.promote_types(x.dtype, weight.dtype)
+    with torch.autocast(device_type, enabled=False):
+        xf, wf = x.to(cdt), weight.to(cdt)
+        x_norm = torch.linalg.vector_norm(xf, dim=1, keepdim=True).clamp_min_(_NORM_EPS)
+        w_norm = torch.linalg.vector_norm(wf, dim=1, keepdim=True).clamp_min_(_NORM_EPS)
+        xs = xf * (scale / x_norm)  # s * x / |x|
+        wn = wf / w_norm
+        xs_mm, wn_mm = xs.to(mm_dtype), wn.to(mm_dtype)
+        logits = torch.mm(xs_mm, wn_mm.T)
+        margin = None
+        if fn is not None:
+            index = labels.unsqueeze(1)
+            cos = logits.gather(1, index).squeeze(1).to(cdt).div_(scale)
+            if track:
+                with torch.enable_grad():
+                    leaf = cos.detach().requires_grad_(True)
+                    modified = fn(leaf)
+                margin = (leaf, modified)
+            else:
+                modified = fn(cos)
+            logits.scatter_(1, index, (modified.detach() * scale).to(logits.dtype).unsqueeze(1))
+    if track:
+        ctx.save_for_backward(xs, wn, xs_mm, wn_mm, x_norm, w_norm, labels)
+        ctx.margin = margin
+        ctx.scale = scale
+        ctx.dtypes = (x.dtype, weight.dtype, mm_dtype)
+    return logits
 
-    ``logits`` must be ``scale * cos`` and a fresh tensor the caller owns (it is modified and
-    returned). ``fn`` maps the ``[B]`` target cosines (float32 or float64) to modified cosines and
-    is differentiated by autograd on those ``B`` values only.
-    """
-    if torch.is_grad_enabled() and logits.requires_grad:
-        return _TargetMargin.apply(logits, labels, scale, fn)
-    index = labels.unsqueeze(1)
-    cos = logits.gather(1, index).to(_compute_dtype(logits.dtype)).div_(scale)
-    return logits.scatter_(1, index, (fn(cos) * scale).to(logits.dtype))
+
+def _backward(
+    ctx,
+    grad_logits: torch.Tensor,
+    delta: torch.Tensor | None,
+    grad_scale: torch.Tensor | float = 1.0,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients for ``x`` and ``weight`` from ``grad_logits * grad_scale`` (``[B, C]`` times a
+    scalar) plus the target corrections ``delta`` (``[B]``, already scaled)."""
+    xs, wn, xs_mm, wn_mm, x_norm, w_norm, labels = ctx.saved_tensors
+    x_dtype, w_dtype, mm_dtype = ctx.dtypes
+    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    grad_logits = grad_logits.to(mm_dtype)
+    grad_x = grad_w = None
+    with torch.autocast(grad_logits.device.type, enabled=False):
+        if need_x:
+            grad_xs = torch.mm(grad_logits, wn_mm).to(xs.dtype)
+            if not isinstance(grad_scale, float):
+                grad_xs.mul_(grad_scale)
+            if delta is not None:
+                grad_xs.addcmul_(wn.index_select(0, labels), delta.unsqueeze(1))
+            # x -> xs = s x / |x|:  dL/dx = s (g - u <g, u>) / |x| with u = x / |x| = xs / s
+            u = xs / ctx.scale
+            dot = torch.linalg.vecdot(grad_xs, u, dim=1).unsqueeze(1)
+            grad_x = grad_xs.addcmul_(u, dot, value=-1.0).mul_(ctx.scale / x_norm).to(x_dtype)
+        if need_w:
+            if isinstance(grad_scale, float):
+                grad_wn = torch.mm(grad_logits.T, xs_mm).to(wn.dtype)
+            else:  # scale the [B, D] side rather than the [B, C] gradient
+                grad_wn = torch.mm(grad_logits.T, (xs * grad_scale).to(mm_dtype)).to(wn.dtype)
+            if delta is not None:
+                grad_wn.index_add_(0, labels, xs * delta.unsqueeze(1))
+            dot = torch.linalg.vecdot(grad_wn, wn, dim=1).unsqueeze(1)
+            grad_w = grad_wn.addcmul_(wn, dot, value=-1.0).div_(w_norm).to(w_dtype)
+    return grad_x, grad_w
+
+
+def _margin_delta(ctx, grad_target: torch.Tensor) -> torch.Tensor:
+    """``dL/dcos_t - dL/dlogit_t`` per row: the gradient the margin adds at the targets."""
+    leaf, modified = ctx.margin
+    # retain_graph: the B-element graph must survive an outer backward(retain_graph=True).
+    (grad_cos,) = torch.autograd.grad(modified, leaf, grad_target, retain_graph=True)
+    return grad_cos - grad_target
+
+
+class _MarginLogits(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, labels, scale, fn, track):
+        return _forward(ctx, x, weight, labels, scale, fn, track)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        delta = None
+        if ctx.margin is not None:
+            (*_, labels) = ctx.saved_tensors
+            grad_target = grad.gather(1, labels.unsqueeze(1)).squeeze(1).to(ctx.margin[0].dtype)
+            delta = _margin_delta(ctx, grad_target)
+        grad_x, grad_w = _backward(ctx, grad, delta)
+        return grad_x, grad_w, None, None, None, None
+
+
+class _MarginCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, labels, scale, fn, track):
+        logits = _forward(ctx, x, weight, labels, scale, fn, track)
+        logp = torch.log_softmax(logits, dim=1, dtype=_compute_dtype(logits))
+        loss = logp.gather(1, labels.unsqueeze(1)).mean().neg()
+        if track:
+            ctx.logp, ctx.labels, ctx.is_prob = logp, labels, False
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss):
+        if not ctx.is_prob:  # softmax, in place on the log-probabilities this function owns
+            ctx.logp.exp_()
+            ctx.is_prob = True
+        prob, labels = ctx.logp, ctx.labels
+        weight = (grad_loss.to(prob.dtype) / prob.shape[0]).reshape(1)
+        p_target = prob.gather(1, labels.unsqueeze(1)).squeeze(1)
+        # dL/dlogit_t = (p_t - 1) w; the product p @ ... already counts p_t w.
+        grad_target = (p_target - 1.0) * weight
+        if ctx.margin is not None:
+            delta = _margin_delta(ctx, grad_target.to(ctx.margin[0].dtype)).to(prob.dtype)
+            delta = delta + grad_target - p_target * weight
+        else:
+            delta = -weight.expand_as(p_target)
+        grad_x, grad_w = _backward(ctx, prob, delta, grad_scale=weight)
+        return grad_x, grad_w, None, None, None, None
+
+
+def _track(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+
+
+def margin_logits(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor | None,
+    scale: float,
+    fn: MarginFn | None,
+) -> torch.Tensor:
+    """``scale * cos(x_i, w_j)`` ``[B, C]``; with ``labels`` the target entries become
+    ``scale * fn(cos)``. Inputs must be validated by the caller."""
+    return _MarginLogits.apply(x, weight, labels, scale, fn, _track(x, weight))
+
+
+def margin_cross_entropy(
+    x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, scale: float, fn: MarginFn | None
+) -> torch.Tensor:
+    """``F.cross_entropy(margin_logits(x, weight, labels, scale, fn), labels)`` (mean), fused;
+    ``fn=None`` for no margin."""
+    return _MarginCrossEntropy.apply(x, weight, labels, scale, fn, _track(x, weight))

@@ -1,4 +1,4 @@
-"""The private autograd helpers behind the margin heads, against torch's generic autograd."""
+"""The fused autograd functions behind the margin heads, against plain torch autograd."""
 
 from __future__ import annotations
 
@@ -6,68 +6,108 @@ import pytest
 import torch
 import torch.nn.functional as F
 from embscope.losses import ArcFaceHead
-from embscope.losses._autograd import apply_target_margin, l2_normalize
+from embscope.losses._autograd import margin_cross_entropy, margin_logits
+
+SCALE = 3.0
 
 
-def test_l2_normalize_matches_f_normalize_values_and_gradients():
-    torch.manual_seed(0)
-    x = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(7, 5, dtype=torch.float64)
-    ours = l2_normalize(x)
-    (gx,) = torch.autograd.grad(ours, x, g)
-    x2 = x.detach().clone().requires_grad_(True)
-    ref = F.normalize(x2, dim=1)
-    (rx,) = torch.autograd.grad(ref, x2, g)
-    assert ours.detach().numpy() == pytest.approx(ref.detach().numpy(), rel=1e-14, abs=1e-15)
-    assert gx.numpy() == pytest.approx(rx.numpy(), rel=1e-12, abs=1e-14)
+def curved(c):
+    """A nonlinear margin, so that its derivative matters."""
+    return c * c * 0.5 + c * 0.25 - 0.1
 
 
-def test_l2_normalize_gradcheck_and_zero_row():
-    torch.manual_seed(0)
-    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(l2_normalize, (x,))
-    zero = torch.zeros(2, 3, requires_grad=True)
-    out = l2_normalize(zero)
-    out.sum().backward()
-    assert torch.equal(out, torch.zeros(2, 3))
-    assert bool(torch.isfinite(zero.grad).all())
+def reference_logits(x, w, labels, scale, fn):
+    """The same quantity through torch's own autograd: normalize, matmul, gather, scatter."""
+    logits = scale * F.normalize(x, dim=1) @ F.normalize(w, dim=1).T
+    if fn is None:
+        return logits
+    index = labels[:, None]
+    return logits.scatter(1, index, scale * fn(logits.gather(1, index) / scale))
 
 
-def test_l2_normalize_computes_half_inputs_in_float32():
-    x = torch.randn(3, 4).to(torch.bfloat16).requires_grad_(True)
-    y = l2_normalize(x)
-    assert y.dtype == torch.float32
-    y.sum().backward()
-    assert x.grad.dtype == torch.bfloat16
+def data(b=6, d=5, c=4, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, d, generator=g, dtype=dtype, requires_grad=True)
+    w = torch.randn(c, d, generator=g, dtype=dtype, requires_grad=True)
+    labels = torch.tensor([0, 3, 3, 1, 2, 0])[:b]
+    return x, w, labels
 
 
-def test_apply_target_margin_matches_autograd_scatter():
-    torch.manual_seed(0)
-    scale = 3.0
-    labels = torch.tensor([2, 0, 1, 2])
+@pytest.mark.parametrize("fn", [None, curved])
+def test_margin_logits_match_reference_values_and_gradients(fn):
+    x, w, labels = data()
+    g = torch.randn(6, 4, dtype=torch.float64)
+    ours = margin_logits(x, w, labels if fn else None, SCALE, fn)
+    ref = reference_logits(x, w, labels, SCALE, fn)
+    assert ours.detach().numpy() == pytest.approx(ref.detach().numpy(), rel=1e-12, abs=1e-12)
+    got = torch.autograd.grad(ours, (x, w), g)
+    want = torch.autograd.grad(ref, (x, w), g)
+    for a, b in zip(got, want, strict=True):
+        assert a.numpy() == pytest.approx(b.numpy(), rel=1e-10, abs=1e-12)
 
-    def fn(c):
-        return c * c - 0.1
 
-    base = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    ours = apply_target_margin(base * scale, labels, scale, fn)
-    idx = labels[:, None]
-    cos = (base * scale).gather(1, idx) / scale
-    ref = (base * scale).scatter(1, idx, fn(cos) * scale)
-    g = torch.randn(4, 3, dtype=torch.float64)
-    (go,) = torch.autograd.grad(ours, base, g)
-    (gr,) = torch.autograd.grad(ref, base, g)
-    assert ours.detach().numpy() == pytest.approx(ref.detach().numpy(), rel=1e-14)
-    assert go.numpy() == pytest.approx(gr.numpy(), rel=1e-14)
+@pytest.mark.parametrize("fn", [None, curved])
+def test_margin_cross_entropy_matches_reference_values_and_gradients(fn):
+    x, w, labels = data()
+    ours = margin_cross_entropy(x, w, labels, SCALE, fn)
+    ref = F.cross_entropy(reference_logits(x, w, labels, SCALE, fn), labels)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
+    got = torch.autograd.grad(2.5 * ours, (x, w))
+    want = torch.autograd.grad(2.5 * ref, (x, w))
+    for a, b in zip(got, want, strict=True):
+        assert a.numpy() == pytest.approx(b.numpy(), rel=1e-10, abs=1e-12)
+
+
+def test_gradcheck_and_repeated_labels():
+    x, w, _ = data(b=5, d=3, c=3)
+    labels = torch.tensor([1, 1, 1, 0, 1])  # index_add must accumulate repeated rows
+    assert torch.autograd.gradcheck(lambda x, w: margin_logits(x, w, labels, SCALE, curved), (x, w))
     assert torch.autograd.gradcheck(
-        lambda b: apply_target_margin(b * scale, labels, scale, fn), (base,)
+        lambda x, w: margin_cross_entropy(x, w, labels, SCALE, curved), (x, w)
     )
+    assert torch.autograd.gradcheck(
+        lambda x, w: margin_cross_entropy(x, w, labels, SCALE, None), (x, w)
+    )
+
+
+def test_gradient_only_for_inputs_that_need_it():
+    x, w, labels = data()
+    x = x.detach()
+    loss = margin_cross_entropy(x, w, labels, SCALE, curved)
+    (gw,) = torch.autograd.grad(loss, w)
+    ref = F.cross_entropy(reference_logits(x, w, labels, SCALE, curved), labels)
+    (rw,) = torch.autograd.grad(ref, w)
+    assert gw.numpy() == pytest.approx(rw.numpy(), rel=1e-10, abs=1e-12)
+
+
+def test_zero_rows_give_finite_gradients():
+    x = torch.zeros(2, 3, requires_grad=True)
+    w = torch.randn(3, 3, requires_grad=True)
+    margin_cross_entropy(x, w, torch.tensor([0, 1]), SCALE, curved).backward()
+    assert bool(torch.isfinite(x.grad).all()) and bool(torch.isfinite(w.grad).all())
+
+
+def test_backward_twice_with_retained_graph():
+    x, w, labels = data()
+    loss = margin_cross_entropy(x, w, labels, SCALE, curved)
+    first = torch.autograd.grad(loss, (x, w), retain_graph=True)
+    second = torch.autograd.grad(loss, (x, w))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_bfloat16_inputs_keep_their_dtype():
+    x, w, labels = data(dtype=torch.bfloat16)
+    logits = margin_logits(x, w, labels, SCALE, curved)
+    assert logits.dtype == torch.bfloat16
+    logits.float().sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.bfloat16
 
 
 def test_double_backward_raises_instead_of_silently_dropping_terms():
     head = ArcFaceHead(3, 2, s=4.0)
     x = torch.randn(2, 3, requires_grad=True)
     y = torch.tensor([0, 1])
-    (g,) = torch.autograd.grad(head.loss(x, y), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
-        g.pow(2).sum().backward()
+    for loss in (head.loss(x, y), F.cross_entropy(head(x, y), y)):
+        (g,) = torch.autograd.grad(loss, x, create_graph=True)
+        with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+            g.pow(2).sum().backward()

@@ -118,10 +118,18 @@ def test_train_with_labels_changes_only_target_logits(head):
     assert bool((trained[target] < plain[target]).any())
 
 
-def test_head_loss_is_cross_entropy_of_forward(head):
-    head.train()
-    x, y = batch()
-    assert head.loss(x, y).item() == pytest.approx(F.cross_entropy(head(x, y), y).item())
+@pytest.mark.parametrize("training", [True, False])
+def test_head_loss_is_cross_entropy_of_forward(head, training):
+    head = head.double().train(training)
+    x, y = batch(torch.float64)
+    x.requires_grad_(True)
+    fused = head.loss(x, y)
+    gx, gw = torch.autograd.grad(fused, (x, head.weight))
+    plain = F.cross_entropy(head(x, y), y)
+    rx, rw = torch.autograd.grad(plain, (x, head.weight))
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-12)
+    assert gx.numpy() == pytest.approx(rx.numpy(), rel=1e-9, abs=1e-12)
+    assert gw.numpy() == pytest.approx(rw.numpy(), rel=1e-9, abs=1e-12)
 
 
 def test_zero_margin_equals_plain_softmax():
