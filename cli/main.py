@@ -219,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and Python warnings")
     parser.add_argument("--demo", action="store_true", help="diagnose a small built-in example")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="under torchrun: each process diagnoses its shard, rank 0 writes the report "
+        "(torchrun --nproc-per-node K -m embscope.cli.main ... --distributed)",
+    )
     return parser
 
 
@@ -286,6 +292,10 @@ def run_compare(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     """``diagnose CHECKPOINT DATA`` or ``diagnose EMBEDDINGS``: the whole command after parsing."""
     os.environ.setdefault("MPLBACKEND", "Agg")
+    if args.distributed:
+        from embscope.cli.distributed import run_distributed
+
+        return run_distributed(args, run)
     out = Path(args.out)
     if args.demo:
         return _run_demo(args, out)
@@ -354,6 +364,7 @@ def _progress(total: int, unit: str) -> Any:
 
 def _diagnose_embeddings(args: argparse.Namespace) -> tuple[Any, list[str]]:
     from embscope.cli.data import EmbeddingFile
+    from embscope.cli.distributed import shard_chunks
 
     path = Path(args.inputs[0])
     model_only = {
@@ -375,8 +386,9 @@ def _diagnose_embeddings(args: argparse.Namespace) -> tuple[Any, list[str]]:
             )
     source = EmbeddingFile(path)
     diagnoser = _diagnoser(args)
+    rows = source.chunk_rows(args.batch_size)
     with _progress(len(source), "row") as bar:
-        for chunk in source.chunks(source.chunk_rows(args.batch_size)):
+        for chunk in shard_chunks(source.chunks(rows), -(-len(source) // rows)):
             _update(
                 diagnoser, path, chunk.embeddings, chunk.labels, logits=chunk.logits, ids=chunk.ids
             )
@@ -389,10 +401,12 @@ def _diagnose_embeddings(args: argparse.Namespace) -> tuple[Any, list[str]]:
 def _diagnose_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
     from embscope.cli.checkpoint import load_model
     from embscope.cli.data import ImageOptions, open_inputs
+    from embscope.cli.distributed import active, shard_inputs
     from embscope.cli.model_run import ModelRunner, resolve_device
 
     checkpoint, data_path = (Path(p) for p in args.inputs)
-    device = resolve_device(args.device)
+    ctx = active()
+    device = resolve_device(args.device) if ctx is None else ctx.device
     image = ImageOptions(args.image_size, args.grayscale, args.mean, args.std)
     if args.std is not None and min(args.std) <= 0:
         raise UsageError(
@@ -401,6 +415,7 @@ def _diagnose_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
     data = open_inputs(
         data_path, image=image, label_column=args.label_column, trust=args.trust_checkpoint
     )
+    data = shard_inputs(data)  # this rank's block under --distributed
     loaded = load_model(
         checkpoint,
         model_spec=args.model,
@@ -459,8 +474,12 @@ def _finish(
     baseline: Any,
 ) -> int:
     from embscope.cli.ci import broken_rules
+    from embscope.cli.distributed import main_rank_report
     from embscope.cli.output import summary_text, write_report
 
+    report = main_rank_report(report)
+    if report is None:  # --distributed: rank 0 writes and prints
+        return 0
     failures = broken_rules(rules, report.metrics) if rules else []
     regressions = []
     if baseline is not None:
