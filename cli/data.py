@@ -481,7 +481,7 @@ class Table:
         else:  # names: sorted, then indexed, as for image folders
             self.classes = sorted(labels.astype(str).unique())
             index = {name: i for i, name in enumerate(self.classes)}
-            self.labels = labels.astype(str).map(index).to_numpy(dtype=np.int64)
+            self.labels = np.array(labels.astype(str).map(index), dtype=np.int64)
         features = frame.drop(columns=[label_column]).select_dtypes(include="number")
         if features.shape[1] == 0:
             raise UsageError(

@@ -1,0 +1,262 @@
+"""Whole commands in-process through ``main(argv)``: margin heads, precomputed embeddings, CI
+rules, ``compare``, ``--force``, atomic writes and the ``--demo`` hook."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from embscope.cli.main import main
+from embscope.diagnostics import Report, diagnose
+
+from tests.cli.conftest import Digits, reference
+
+
+@pytest.fixture(autouse=True)
+def _restore_sys_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
+def run(*argv: object) -> int:
+    return main([str(a) for a in argv])
+
+
+def read(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+def actions(report: dict) -> dict[str, dict]:
+    return {r["action"]: r for r in report["recommendations"]}
+
+
+@pytest.fixture(scope="module")
+def embeddings(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The trained net's embeddings and logits, saved the three precomputed ways."""
+    root = tmp_path_factory.mktemp("embeddings")
+    with torch.no_grad():
+        e = digits.net.body(digits.x).numpy()
+        z = digits.net.classifier(torch.from_numpy(e)).numpy()
+    y = digits.y.numpy()
+    ids = np.array([f"sample-{i}" for i in range(len(y))])
+    folder = root / "folder"
+    folder.mkdir()
+    np.save(folder / "embeddings.npy", e)
+    np.save(folder / "labels.npy", y)
+    np.save(folder / "logits.npy", z)
+    (folder / "ids.txt").write_text("\n".join(ids) + "\n")
+    np.savez_compressed(root / "compressed.npz", embeddings=e, labels=y, logits=z, ids=ids)
+    torch.save(
+        {"embeddings": torch.from_numpy(e), "labels": digits.y, "logits": torch.from_numpy(z)},
+        root / "e.pt",
+    )
+    return {
+        "e": e,
+        "z": z,
+        "y": y,
+        "folder": folder,
+        "npz": root / "compressed.npz",
+        "pt": root / "e.pt",
+    }
+
+
+def test_leaky_arcface_head_yields_fix_eval_margin(
+    digits: Digits,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(digits.root)  # digits_model is importable from the current folder
+    out = tmp_path / "leaky"
+    assert (
+        run(digits.leaky, digits.tensors_pt, "--model", "digits_model:make_arc", "--out", out) == 0
+    )
+    report = read(out)
+    assert report["metrics"]["head.margin_leak"] == 1.0
+    fix = actions(report)["fix_eval_margin"]
+    assert fix["severity"] == "error"
+    assert report["recommendations"][0]["action"] == "fix_eval_margin"
+    # The head was found by duck typing: its settings are in the report.
+    assert report["metrics"]["head.s"] == pytest.approx(16.0)
+    assert report["metrics"]["head.m"] == pytest.approx(0.2)
+    assert "fix_eval_margin" in capsys.readouterr().out
+
+
+def test_two_class_arcface_with_s64_yields_decrease_scale(
+    digits: Digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(digits.root)
+    out = tmp_path / "arc64"
+    assert (
+        run(digits.binary_s64, digits.binary_x, "--model", "digits_model:make_arc", "--out", out)
+        == 0
+    )
+    report = read(out)
+    metrics = report["metrics"]
+    assert metrics["head.s"] == pytest.approx(64.0)
+    assert metrics["head.num_classes"] == 2
+    # The same head without the leak: the probe tells them apart.
+    assert metrics["head.margin_leak"] == 0.0
+    decrease = actions(report)["decrease_scale"]
+    assert decrease["severity"] == "warning"
+    assert 0 < decrease["value"] < 64 / 2  # the rule fires when s exceeds twice the suggestion
+    assert "fix_eval_margin" not in actions(report)
+
+
+@pytest.mark.parametrize("kind", ["folder", "npz", "pt"])
+def test_precomputed_embeddings_match_the_one_shot_report(
+    embeddings: dict[str, object], tmp_path: Path, kind: str
+) -> None:
+    out = tmp_path / kind
+    # Chunks of 97 rows: streaming must give the one-shot numbers.
+    assert run(embeddings[kind], "--batch-size", "97", "--out", out) == 0
+    got = read(out)["metrics"]
+    expected = diagnose(embeddings["e"], embeddings["y"], logits=embeddings["z"]).metrics
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        if math.isnan(value):
+            assert got[name] == "nan", name
+        else:
+            assert got[name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+
+
+def test_fail_on_breaks_on_a_rule_and_on_nan(
+    embeddings: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    rules = "accuracy>0.5,fisher_ratio<0.1,f1<0.8"
+    assert run(embeddings["npz"], "--out", out, "--fail-on", rules) == 1
+    printed = capsys.readouterr().out.split("--fail-on:\n", 1)[1].splitlines()
+    accuracy = read(out)["metrics"]["accuracy"]
+    assert accuracy > 0.5 and read(out)["metrics"]["fisher_ratio"] >= 0.1
+    assert printed == [
+        f"  accuracy = {accuracy:.4g} breaks --fail-on rule accuracy>0.5",
+        # f1 is defined for binary models only: nan breaks the rule rather than passing silently.
+        "  f1 = nan (undefined) breaks --fail-on rule f1<0.8",
+    ]
+    assert (out / "report.json").exists()  # the report is written either way
+
+
+def test_compare_prints_deltas_and_a_verdict(
+    embeddings: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = diagnose(embeddings["e"], embeddings["y"], logits=embeddings["z"])
+    rng = np.random.default_rng(0)
+    noisy = embeddings["e"] + rng.normal(scale=3.0, size=embeddings["e"].shape).astype(np.float32)
+    worse = diagnose(
+        noisy,
+        embeddings["y"],
+        logits=embeddings["z"]
+        + rng.normal(scale=5.0, size=embeddings["z"].shape).astype(np.float32),
+    )
+    (tmp_path / "a.json").write_text(good.to_json())
+    (tmp_path / "b.json").write_text(worse.to_json())
+    assert run("compare", tmp_path / "a.json", tmp_path / "b.json") == 0
+    out = capsys.readouterr().out
+    assert "**Verdict: a_better**" in out
+    delta = worse.metrics["accuracy"] - good.metrics["accuracy"]
+    assert (
+        f"| accuracy | {good.metrics['accuracy']:.4g} | {worse.metrics['accuracy']:.4g} | {delta:+.4g} | a |"
+        in out
+    )
+
+
+def test_compare_of_a_missing_report_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run("compare", tmp_path / "a.json", tmp_path / "b.json") == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"diagnose: error: A.json: {tmp_path / 'a.json'} does not exist (give the report.json of an earlier run)"
+    ]
+
+
+def test_force_replaces_the_report_and_keeps_other_files(
+    embeddings: dict[str, object], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "plots").mkdir()
+    (out / "plots" / "stale_plot.png").write_bytes(b"old")
+    (out / "report.json").write_text("{}")
+    assert run(embeddings["folder"], "--out", out, "--force") == 0
+    report = Report.from_json((out / "report.json").read_text())
+    assert report.metrics["n"] == len(embeddings["y"])
+    hardest = report.sections["hardest"]  # ids.txt reached the report
+    assert hardest and all(h["id"].startswith("sample-") for h in hardest)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not (out / "plots" / "stale_plot.png").exists()  # belonged to the replaced report
+    assert list((out / "plots").glob("*.png"))
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left behind
+
+
+def test_a_failure_while_writing_loses_nothing(
+    embeddings: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").write_text("earlier")
+    (out / "report.html").write_text("earlier html")
+
+    def fail(self: Report) -> dict[str, bytes]:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Report, "plot_pngs", fail)
+    assert run(embeddings["folder"], "--out", out, "--force") == 2
+    assert "disk full" in capsys.readouterr().err
+    assert (out / "report.json").read_text() == "earlier"
+    assert (out / "report.html").read_text() == "earlier html"
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_demo_flag_calls_the_demo_lazily(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    demo = types.ModuleType("embscope.cli.demo")
+    demo.run_demo = lambda out, force=False: calls.append((out, force)) or 0
+    monkeypatch.setitem(sys.modules, "embscope.cli.demo", demo)
+    assert run("--demo", "--out", tmp_path / "demo", "--force") == 0
+    assert calls == [(tmp_path / "demo", True)]
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("--help") == 0
+    out = capsys.readouterr().out
+    for flag in (
+        "--model",
+        "--trust-checkpoint",
+        "--baseline",
+        "--fail-on",
+        "--out",
+        "--force",
+        "--debug",
+    ):
+        assert flag in out
+
+
+def test_exported_program_with_a_static_batch_on_npz(digits: Digits, tmp_path: Path) -> None:
+    out = tmp_path / "exported"
+    # Batches of 50 are cut into the traced 32 and padded; 1797 = 35 * 50 + 47.
+    assert run(digits.exported, digits.tensors_npz, "--batch-size", "50", "--out", out) == 0
+    report = read(out)
+    expected = reference(digits, digits.net)
+    assert report["metrics"]["n"] == len(digits.y)
+    assert report["metrics"]["accuracy"] == pytest.approx(expected["accuracy"])
+    assert report["metrics"]["fisher_ratio"] == pytest.approx(expected["fisher_ratio"], rel=1e-4)
+    assert report["meta"]["source"]["checkpoint_kind"] == "exported"
+
+
+def test_pickled_module_with_the_trust_flag(
+    digits: Digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(digits.root)  # where the training code (digits_model) is importable
+    out = tmp_path / "pickled"
+    assert run(digits.pickled, digits.tensors_pt, "--trust-checkpoint", "--out", out) == 0
+    report = read(out)
+    assert report["meta"]["source"]["checkpoint_kind"] == "pickled"
+    assert report["metrics"]["accuracy"] == pytest.approx(reference(digits, digits.net)["accuracy"])
