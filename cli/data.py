@@ -198,7 +198,9 @@ class ImageFolder:
             self.files += files
             labels += [index] * len(files)
         self.labels = np.asarray(labels, dtype=np.int64)
-        self._size: tuple[int, int] | None = options.size  # (height, width) of every image
+        # (height, width) every image must have, and the file that set it (None: --image-size).
+        self._size: tuple[int, int] | None = options.size
+        self._size_from: Path | None = None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -221,14 +223,12 @@ class ImageFolder:
         options = self.options
         try:
             with Image.open(file) as image:
-                if image.mode in ("I;16", "I;16L", "I;16B", "I"):
+                if image.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit grey
                     scale = 65535.0
                     image = image.convert("I")
-                    channels = 1
                 else:
                     scale = 255.0
                     image = image.convert("L" if options.grayscale else "RGB")
-                    channels = 1 if options.grayscale else 3
                 if options.size is not None:
                     height, width = options.size
                     image = image.resize((width, height), Image.Resampling.BILINEAR)
@@ -240,18 +240,16 @@ class ImageFolder:
                 "replace or remove the file",
             ) from error
         array = array.reshape(array.shape[0], array.shape[1], -1).transpose(2, 0, 1)
-        if array.shape[0] != channels:  # 16-bit grey read without --grayscale
-            array = np.repeat(array, channels, axis=0)
-        if not options.grayscale and array.shape[0] == 1:
+        if not options.grayscale and array.shape[0] == 1:  # 16-bit grey read as RGB
             array = np.repeat(array, 3, axis=0)
         return np.ascontiguousarray(array)
 
     def _check_size(self, file: Path, array: np.ndarray) -> None:
         size = (array.shape[1], array.shape[2])
         if self._size is None:
-            self._size, self._first = size, file
+            self._size, self._size_from = size, file
         elif size != self._size:
-            first = getattr(self, "_first", None)
+            first = self._size_from
             than = f" but {first} is {self._size[1]}x{self._size[0]}" if first else ""
             raise UsageError(
                 file,

@@ -136,7 +136,7 @@ class _Recorder:
             value = next(
                 (v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None
             )
-            if value is not None:
+            if value is not None and value.ndim == 2:  # [B, D] only: a vector per sample
                 self.calls.append((name, value.detach()))
 
         self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
