@@ -82,15 +82,32 @@ def test_no_change_when_all_thresholds_hold():
     assert rec.evidence["score_ks"] == {"value": 0.9, "threshold": 0.5, "op": ">"}
 
 
-def test_enable_arcface_when_classes_overlap():
+def test_overlap_without_a_head_is_reported_not_fixed_with_arcface():
+    # benchmarks/advice_check.py: ArcFace retrained on overlapping (noisy) classes did worse, so
+    # one report recommends no margin head; the overlap and its thresholds are the evidence
     poor = _report(score_ks=0.2, fisher_ratio=0.3, intra_inter_ratio=1.05, num_classes=10)
-    rec = recommend(poor)[0]
-    assert rec.action == "enable_arcface" and rec.severity == "warning"
+    (rec,) = recommend(poor)
+    assert rec.action == "no_change" and rec.severity == "info"
+    assert "overlap" in rec.reason
     assert rec.evidence["score_ks"]["threshold"] == DEFAULT_THRESHOLDS["poor_ks"]
     # the thresholds are configurable
-    assert recommend(poor, thresholds={"poor_ks": 0.1})[0].action == "no_change"
+    (loose,) = recommend(poor, thresholds={"poor_ks": 0.1})
+    assert "overlap" not in loose.reason
+    assert loose.evidence["score_ks"]["threshold"] == DEFAULT_THRESHOLDS["score_ks"]
     with pytest.raises(ValueError, match="thresholds has unknown keys"):
         recommend(poor, thresholds={"ks": 0.1})
+
+
+def test_two_class_margin_head_is_compared_not_disabled_from_one_report():
+    arc = _report(
+        score_ks=0.9,
+        fisher_ratio=3.0,
+        intra_inter_ratio=0.4,
+        **{"head.m": 0.2, "head.s": 4, "head.num_classes": 2},  # s within 2x of NormFace's 2.3
+    )
+    actions = [r.action for r in recommend(arc)]
+    assert "disable_arcface" not in actions
+    assert "BCE baseline" in recommend(arc)[-1].reason
 
 
 def test_scale_rules_follow_the_measured_angles():
