@@ -59,7 +59,8 @@ def _forward(
         xf, wf = x.to(cdt), weight.to(cdt)
         x_norm = torch.linalg.vector_norm(xf, dim=1, keepdim=True).clamp_min_(_NORM_EPS)
         w_norm = torch.linalg.vector_norm(wf, dim=1, keepdim=True).clamp_min_(_NORM_EPS)
-        xs = xf * (scale / x_norm)  # s * x / |x|
+        s_over_norm = scale / x_norm
+        xs = xf * s_over_norm  # s * x / |x|
         wn = wf / w_norm
         xs_mm, wn_mm = xs.to(mm_dtype), wn.to(mm_dtype)
         logits = torch.mm(xs_mm, wn_mm.T)
@@ -76,7 +77,7 @@ def _forward(
                 modified = fn(cos)
             logits.scatter_(1, index, (modified.detach() * scale).to(logits.dtype).unsqueeze(1))
     if track:
-        ctx.save_for_backward(xs, wn, xs_mm, wn_mm, x_norm, w_norm, labels)
+        ctx.save_for_backward(xs, wn, xs_mm, wn_mm, s_over_norm, w_norm, labels)
         ctx.margin = margin
         ctx.scale = scale
         ctx.dtypes = (x.dtype, weight.dtype, mm_dtype)
@@ -91,7 +92,7 @@ def _backward(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients for ``x`` and ``weight`` from ``grad_logits * grad_scale`` (``[B, C]`` times a
     scalar) plus the target corrections ``delta`` (``[B]``, already scaled)."""
-    xs, wn, xs_mm, wn_mm, x_norm, w_norm, labels = ctx.saved_tensors
+    xs, wn, xs_mm, wn_mm, s_over_norm, w_norm, labels = ctx.saved_tensors
     x_dtype, w_dtype, mm_dtype = ctx.dtypes
     need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     grad_logits = grad_logits.to(mm_dtype)
@@ -103,10 +104,10 @@ def _backward(
                 grad_xs.mul_(grad_scale)
             if delta is not None:
                 grad_xs.addcmul_(wn.index_select(0, labels), delta.unsqueeze(1))
-            # x -> xs = s x / |x|:  dL/dx = s (g - u <g, u>) / |x| with u = x / |x| = xs / s
-            u = xs / ctx.scale
-            dot = torch.linalg.vecdot(grad_xs, u, dim=1).unsqueeze(1)
-            grad_x = grad_xs.addcmul_(u, dot, value=-1.0).mul_(ctx.scale / x_norm).to(x_dtype)
+            # xs = s x / |x|:  dL/dx = (s / |x|) (g - u <g, u>) with u = x / |x| = xs / s
+            dot = torch.linalg.vecdot(grad_xs, xs, dim=1).unsqueeze(1)
+            grad_xs.addcmul_(xs, dot, value=-1.0 / ctx.scale**2)
+            grad_x = grad_xs.mul_(s_over_norm).to(x_dtype)
         if need_w:
             if isinstance(grad_scale, float):
                 grad_wn = torch.mm(grad_logits.T, xs_mm).to(wn.dtype)

@@ -96,8 +96,7 @@ def check_class_labels(
     if tuple(labels.shape) != expected_shape:
         raise ValueError(f"{name} must have shape {list(expected_shape)}, got {list(labels.shape)}")
     if num_classes is not None and labels.numel() > 0:
-        low, high = torch.aminmax(labels)
-        low, high = int(low), int(high)
+        low, high = torch.stack(torch.aminmax(labels)).tolist()  # one device sync
         if low < 0 or high >= num_classes:
             bad = low if low < 0 else high
             raise ValueError(

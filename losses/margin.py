@@ -185,7 +185,7 @@ class ArcFaceHead(MarginHead):
 
     def _target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
         sin = torch.sqrt(torch.clamp(1.0 - cos_target * cos_target, min=_SIN2_EPS))
-        phi = cos_target * self._cos_m - sin * self._sin_m
+        phi = torch.add(cos_target * self._cos_m, sin, alpha=-self._sin_m)
         if self.easy_margin:
             return torch.where(cos_target > 0, phi, cos_target)
         return torch.where(cos_target > self._th, phi, cos_target - self._mm)
