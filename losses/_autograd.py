@@ -130,8 +130,8 @@ def _margin_delta(ctx, grad_target: torch.Tensor) -> torch.Tensor:
 
 class _MarginLogits(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, labels, scale, fn, track):
-        return _forward(ctx, x, weight, labels, scale, fn, track)
+    def forward(ctx, x, weight, labels, scale, fn):
+        return _forward(ctx, x, weight, labels, scale, fn, track=True)
 
     @staticmethod
     @once_differentiable
@@ -142,17 +142,19 @@ class _MarginLogits(torch.autograd.Function):
             grad_target = grad.gather(1, labels.unsqueeze(1)).squeeze(1).to(ctx.margin[0].dtype)
             delta = _margin_delta(ctx, grad_target)
         grad_x, grad_w = _backward(ctx, grad, delta)
-        return grad_x, grad_w, None, None, None, None
+        return grad_x, grad_w, None, None, None
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logp = torch.log_softmax(logits, dim=1, dtype=_compute_dtype(logits))
+    return logp.gather(1, labels.unsqueeze(1)).mean().neg(), logp
 
 
 class _MarginCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, labels, scale, fn, track):
-        logits = _forward(ctx, x, weight, labels, scale, fn, track)
-        logp = torch.log_softmax(logits, dim=1, dtype=_compute_dtype(logits))
-        loss = logp.gather(1, labels.unsqueeze(1)).mean().neg()
-        if track:
-            ctx.logp, ctx.labels, ctx.is_prob = logp, labels, False
+    def forward(ctx, x, weight, labels, scale, fn):
+        loss, logp = _cross_entropy(_forward(ctx, x, weight, labels, scale, fn, True), labels)
+        ctx.logp, ctx.labels, ctx.is_prob = logp, labels, False
         return loss
 
     @staticmethod
@@ -172,7 +174,7 @@ class _MarginCrossEntropy(torch.autograd.Function):
         else:
             delta = -weight.expand_as(p_target)
         grad_x, grad_w = _backward(ctx, prob, delta, grad_scale=weight)
-        return grad_x, grad_w, None, None, None, None
+        return grad_x, grad_w, None, None, None
 
 
 def _track(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -188,7 +190,9 @@ def margin_logits(
 ) -> torch.Tensor:
     """``scale * cos(x_i, w_j)`` ``[B, C]``; with ``labels`` the target entries become
     ``scale * fn(cos)``. Inputs must be validated by the caller."""
-    return _MarginLogits.apply(x, weight, labels, scale, fn, _track(x, weight))
+    if not _track(x, weight):  # plain tensor code: nothing to differentiate (and traceable)
+        return _forward(None, x, weight, labels, scale, fn, track=False)
+    return _MarginLogits.apply(x, weight, labels, scale, fn)
 
 
 def margin_cross_entropy(
@@ -196,4 +200,6 @@ def margin_cross_entropy(
 ) -> torch.Tensor:
     """``F.cross_entropy(margin_logits(x, weight, labels, scale, fn), labels)`` (mean), fused;
     ``fn=None`` for no margin."""
-    return _MarginCrossEntropy.apply(x, weight, labels, scale, fn, _track(x, weight))
+    if not _track(x, weight):
+        return _cross_entropy(_forward(None, x, weight, labels, scale, fn, track=False), labels)[0]
+    return _MarginCrossEntropy.apply(x, weight, labels, scale, fn)

@@ -333,3 +333,10 @@ def test_rejects_bad_inputs(head):
         head(x, y[:9])
     with pytest.raises(ValueError, match=r"embedding must have shape \[B, 6\], got \[7, 5\]"):
         head.cosine(torch.randn(7, 5))
+
+
+def test_eval_head_exports_with_torch_export():
+    head = ArcFaceHead(D, C, s=8.0).eval()
+    x, _ = batch()
+    exported = torch.export.export(head, (x,))
+    assert torch.equal(exported.module()(x), head(x))
