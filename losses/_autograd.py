@@ -9,8 +9,9 @@ more than its three matrix products (measured in ``benchmarks/bench_losses.py``)
   products (``delta_b * w_{y_b}`` into the embedding gradient, ``delta_b * x_b`` into row
   ``y_b`` of the weight gradient) instead of rewriting a copy of the ``[B, C]`` gradient;
 - the normalisation backward ``(g - y <g, y>) / |x|`` runs in place on the fresh products;
-- ``margin_cross_entropy`` turns its ``[B, C]`` log-probabilities into probabilities in place
-  and never builds a one-hot or gradient matrix (the ``-1`` at the targets is a correction too).
+- ``margin_cross_entropy`` exponentiates its ``[B, C]`` logits once, in place, and never builds
+  a probability, one-hot or gradient matrix: ``softmax = exp / sum`` enters the products as a
+  per-row factor on the ``[B, D]`` side and the ``-1`` at the targets is a correction too.
 
 The margin itself, ``fn`` (a head's ``_target_logit``), is differentiated by autograd on the
 ``B`` target cosines only, in float32 (float64 for float64 inputs). Under autocast the matrix
@@ -91,7 +92,7 @@ def _backward(
     grad_scale: torch.Tensor | float = 1.0,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients for ``x`` and ``weight`` from ``grad_logits * grad_scale`` (``[B, C]`` times a
-    scalar) plus the target corrections ``delta`` (``[B]``, already scaled)."""
+    scalar or a ``[B, 1]`` column) plus the target corrections ``delta`` (``[B]``)."""
     xs, wn, xs_mm, wn_mm, s_over_norm, w_norm, labels = ctx.saved_tensors
     x_dtype, w_dtype, mm_dtype = ctx.dtypes
     need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -111,7 +112,7 @@ def _backward(
         if need_w:
             if isinstance(grad_scale, float):
                 grad_wn = torch.mm(grad_logits.T, xs_mm).to(wn.dtype)
-            else:  # scale the [B, D] side rather than the [B, C] gradient
+            else:  # scale the [B, D] side rather than the [B, C] gradient (rows of grad_logits)
                 grad_wn = torch.mm(grad_logits.T, (xs * grad_scale).to(mm_dtype)).to(wn.dtype)
             if delta is not None:
                 grad_wn.index_add_(0, labels, xs * delta.unsqueeze(1))
@@ -145,35 +146,46 @@ class _MarginLogits(torch.autograd.Function):
         return grad_x, grad_w, None, None, None
 
 
-def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    logp = torch.log_softmax(logits, dim=1, dtype=_compute_dtype(logits))
-    return logp.gather(1, labels.unsqueeze(1)).mean().neg(), logp
+def _cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy; also ``exp(z - max z)`` (computed in place when ``logits`` is float32
+    or float64, which the caller owns) and its row sums, from which the backward gets
+    ``softmax = exp / sum`` without another pass over ``[B, C]``."""
+    z = logits.to(_compute_dtype(logits))
+    shift = z.amax(dim=1, keepdim=True)
+    target = z.gather(1, labels.unsqueeze(1))
+    expz = z.sub_(shift).exp_()
+    total = expz.sum(dim=1, keepdim=True)
+    loss = (total.log() + shift - target).mean()
+    return loss, expz, total
 
 
 class _MarginCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, labels, scale, fn):
-        loss, logp = _cross_entropy(_forward(ctx, x, weight, labels, scale, fn, True), labels)
-        ctx.logp, ctx.labels, ctx.is_prob = logp, labels, False
+        logits = _forward(ctx, x, weight, labels, scale, fn, True)
+        loss, ctx.expz, ctx.total = _cross_entropy(logits, labels)
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss):
-        if not ctx.is_prob:  # softmax, in place on the log-probabilities this function owns
-            ctx.logp.exp_()
-            ctx.is_prob = True
-        prob, labels = ctx.logp, ctx.labels
-        weight = (grad_loss.to(prob.dtype) / prob.shape[0]).reshape(1)
-        p_target = prob.gather(1, labels.unsqueeze(1)).squeeze(1)
-        # dL/dlogit_t = (p_t - 1) w; the product p @ ... already counts p_t w.
-        grad_target = (p_target - 1.0) * weight
+        (*_, labels) = ctx.saved_tensors
+        expz, total = ctx.expz, ctx.total
+        # dL/dz = w (softmax - onehot), w = grad / B, softmax = expz / total: the products run
+        # on expz with the per-row factor w / total; the -w at the targets is a correction.
+        w = grad_loss.to(expz.dtype) / expz.shape[0]
+        row = w / total  # [B, 1]
+        p_w = (expz.gather(1, labels.unsqueeze(1)) * row).squeeze(1)  # softmax_t * w
+        grad_target = p_w - w  # dL/dz_t
         if ctx.margin is not None:
-            delta = _margin_delta(ctx, grad_target.to(ctx.margin[0].dtype)).to(prob.dtype)
-            delta = delta + grad_target - p_target * weight
+            # the target entry is s * fn(cos): dL/dcos_t = f'(cos) dL/dz_t
+            delta = _margin_delta(ctx, grad_target.to(ctx.margin[0].dtype)).to(expz.dtype)
+            delta = delta + grad_target - p_w
         else:
-            delta = -weight.expand_as(p_target)
-        grad_x, grad_w = _backward(ctx, prob, delta, grad_scale=weight)
+            delta = -w.expand_as(p_w)
+        grad_x, grad_w = _backward(ctx, expz, delta, grad_scale=row)
         return grad_x, grad_w, None, None, None
 
 
@@ -201,5 +213,6 @@ def margin_cross_entropy(
     """``F.cross_entropy(margin_logits(x, weight, labels, scale, fn), labels)`` (mean), fused;
     ``fn=None`` for no margin."""
     if not _track(x, weight):
-        return _cross_entropy(_forward(None, x, weight, labels, scale, fn, track=False), labels)[0]
+        logits = _forward(None, x, weight, labels, scale, fn, track=False)
+        return _cross_entropy(logits, labels)[0]
     return _MarginCrossEntropy.apply(x, weight, labels, scale, fn)
