@@ -182,6 +182,20 @@ def test_embedding_folder_is_memory_mapped(tmp_path: Path) -> None:
     assert source.chunk_rows() == 32 * 2**20 // 8
 
 
+def test_pt_embeddings_are_memory_mapped_and_sliced(tmp_path: Path) -> None:
+    e = torch.randn(30, 3, dtype=torch.bfloat16)
+    y = torch.arange(30) % 3
+    torch.save(
+        {"embeddings": e, "labels": y, "ids": [f"x{i}" for i in range(30)]}, tmp_path / "e.pt"
+    )
+    chunks = list(EmbeddingFile(tmp_path / "e.pt").chunks(16))
+    assert [len(c.labels) for c in chunks] == [16, 14]
+    assert chunks[0].embeddings.dtype == torch.bfloat16
+    assert torch.equal(torch.cat([c.embeddings for c in chunks]), e)
+    assert torch.equal(torch.cat([c.labels for c in chunks]), y)
+    assert chunks[1].ids == [f"x{i}" for i in range(16, 30)]
+
+
 def test_embeddings_that_are_not_embeddings(tmp_path: Path) -> None:
     np.save(tmp_path / "embeddings.npy", np.zeros(5, dtype=np.float32))
     np.save(tmp_path / "labels.npy", np.zeros(5))
