@@ -78,7 +78,9 @@ def _forward(
                 modified = fn(cos)
             logits.scatter_(1, index, (modified.detach() * scale).to(logits.dtype).unsqueeze(1))
     if track:
-        ctx.save_for_backward(xs, wn, xs_mm, wn_mm, s_over_norm, w_norm, labels)
+        ctx.save_for_backward(xs, xs_mm, s_over_norm, wf, w_norm, labels)
+        # not saved tensors: the backward reuses wn's memory as scratch (see _normalized_weights)
+        ctx.wn = (wn, wn_mm)
         ctx.margin = margin
         ctx.scale = scale
         ctx.dtypes = (x.dtype, weight.dtype, mm_dtype)
@@ -93,8 +95,9 @@ def _backward(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients for ``x`` and ``weight`` from ``grad_logits * grad_scale`` (``[B, C]`` times a
     scalar or a ``[B, 1]`` column) plus the target corrections ``delta`` (``[B]``)."""
-    xs, wn, xs_mm, wn_mm, s_over_norm, w_norm, labels = ctx.saved_tensors
+    xs, xs_mm, s_over_norm, wf, w_norm, labels = ctx.saved_tensors
     x_dtype, w_dtype, mm_dtype = ctx.dtypes
+    wn, wn_mm = _normalized_weights(ctx, wf, w_norm, mm_dtype)
     need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     grad_logits = grad_logits.to(mm_dtype)
     grad_x = grad_w = None
@@ -116,9 +119,23 @@ def _backward(
                 grad_wn = torch.mm(grad_logits.T, (xs * grad_scale).to(mm_dtype)).to(wn.dtype)
             if delta is not None:
                 grad_wn.index_add_(0, labels, xs * delta.unsqueeze(1))
-            dot = torch.linalg.vecdot(grad_wn, wn, dim=1).unsqueeze(1)
-            grad_w = grad_wn.addcmul_(wn, dot, value=-1.0).div_(w_norm).to(w_dtype)
+            # W -> wn = W / |W|: dL/dW = (g - wn <g, wn>) / |W| = (g - W <g, wn> / |W|) / |W|;
+            # <g, wn> row by row, with wn's own memory as the scratch of the product
+            dot = torch.mul(grad_wn, wn, out=wn).sum(dim=1, keepdim=True)
+            ctx.wn = None
+            grad_w = grad_wn.addcmul_(wf, dot / w_norm, value=-1.0).div_(w_norm).to(w_dtype)
     return grad_x, grad_w
+
+
+def _normalized_weights(
+    ctx, wf: torch.Tensor, w_norm: torch.Tensor, mm_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W / |W|`` (and its matmul-dtype copy) from the forward, or recomputed when an earlier
+    backward of the same graph (``retain_graph=True``) used that memory as scratch."""
+    if ctx.wn is not None:
+        return ctx.wn
+    wn = wf / w_norm
+    return wn, wn.to(mm_dtype)
 
 
 def _margin_delta(ctx, grad_target: torch.Tensor) -> torch.Tensor:
