@@ -61,9 +61,12 @@ class RetrievalResult:
 def _as_tensor(x, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.detach()
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x))
-    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+    if isinstance(x, (np.ndarray, list, tuple)):
+        arr = np.ascontiguousarray(x)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold numbers, got {arr.dtype} values")
+        return torch.from_numpy(arr)
+    raise TypeError(f"{name} must be a torch.Tensor, numpy array or list, got {type(x).__name__}")
 
 
 def _check_embeddings(embeddings, device=None) -> torch.Tensor:

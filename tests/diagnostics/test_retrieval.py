@@ -191,7 +191,12 @@ def test_k_beyond_the_other_samples():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"embeddings": [[0.0, 1.0]]}, TypeError, "embeddings must be a torch.Tensor or numpy"),
+        (
+            {"embeddings": "abc"},
+            TypeError,
+            "embeddings must be a torch.Tensor, numpy array or list",
+        ),
+        ({"embeddings": [["a", "b"]]}, TypeError, "embeddings must hold numbers, got <U1"),
         (
             {"embeddings": np.zeros(5)},
             ValueError,
