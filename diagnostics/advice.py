@@ -40,6 +40,7 @@ DEFAULT_THRESHOLDS = {
     "scale_factor": 2.0,  # s beyond this factor of the suggested scale is flagged
     "fallback_fraction": 0.05,  # share of samples with theta + m > pi (ArcFace fallback)
     "max_scale": 64.0,
+    "untrained_angle_gap": 15.0,  # degrees; two-class heads: see _untrained_evidence_holds
     "compare_tolerance": 0.01,  # deltas smaller than this (absolute, or relative above 1) tie
 }
 
@@ -152,7 +153,14 @@ def recommend(
                 evidence={"head.margin_leak": {"value": 1.0, "threshold": 0.0, "op": ">"}},
             )
         )
-    if _get(report, "head.looks_untrained") == 1.0:
+    if _get(report, "head.looks_untrained") == 1.0 and _untrained_evidence_holds(report, t):
+        evidence = {"head.centroid_alignment": _ev(report, "head.centroid_alignment")}
+        if c_head == 2:
+            evidence["angle_gap"] = {
+                "value": _angle_gap(report),
+                "threshold": t["untrained_angle_gap"],
+                "op": "<",
+            }
         recs.append(
             Recommendation(
                 "check_head",
@@ -160,7 +168,7 @@ def recommend(
                 "The head's class weights look untrained "
                 f"({report.reasons.get('head.looks_untrained', 'at their initial statistics')}); "
                 "check that the checkpoint holds the trained head and that it is loaded.",
-                evidence={"head.centroid_alignment": _ev(report, "head.centroid_alignment")},
+                evidence=evidence,
             )
         )
     collapse = _collapse(report, t)
@@ -304,6 +312,29 @@ def recommend(
         )
     recs.sort(key=lambda r: SEVERITY_ORDER[r.severity])
     return recs
+
+
+def _angle_gap(report: Report) -> float:
+    """Mean angle to the nearest other class weight minus mean angle to the true one, degrees."""
+    return _get(report, "angle_nearest_other_mean") - _get(report, "angle_true_mean")
+
+
+def _untrained_evidence_holds(report: Report, t: dict) -> bool:
+    """Whether a low centroid alignment means an untrained head.
+
+    With two classes the softmax depends on w_1 - w_0 only and leaves w_0 + w_1 free, so trained
+    heads can point away from their class means (benchmarks/advice_check.py: 4 of 15 trained
+    binary ArcFace heads under the alignment threshold). There the head must also fail to order
+    the classes: a mean angle gap (nearest other minus true) under ``untrained_angle_gap``
+    (measured on digits: trained binary heads 12 to 61 degrees, fresh heads -20 to 13). Weights
+    missing from the checkpoint always count.
+    """
+    if (report.meta.get("head_info") or {}).get("missing_from_checkpoint"):
+        return True
+    if _get(report, "head.num_classes") != 2:
+        return True
+    gap = _angle_gap(report)
+    return not _finite(gap) or gap < t["untrained_angle_gap"]
 
 
 def _margin_for_fallback(report: Report, m: float) -> float:

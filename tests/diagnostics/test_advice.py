@@ -142,3 +142,37 @@ def test_margin_leak_is_an_error_first():
     r = Report(metrics={"head.margin_leak": 1.0, "score_ks": 0.9}, meta={})
     first = recommend(r)[0]
     assert (first.action, first.severity) == ("fix_eval_margin", "error")
+
+
+def test_check_head_on_two_classes_needs_unordered_angles_too():
+    # a trained two-class head may point away from its class means (only w1 - w0 is trained):
+    # low alignment alone is no evidence there, unless the angles do not order the classes
+    def head_report(gap, classes=2, missing=False):
+        metrics = {
+            "head.m": 0.2,
+            "head.s": 4.0,
+            "head.num_classes": classes,
+            "head.looks_untrained": 1.0,
+            "head.centroid_alignment": -0.1,
+            "angle_true_mean": 80.0,
+            "angle_nearest_other_mean": 80.0 + gap,
+        }
+        meta = {"head_kind": "angular", "head_info": {"missing_from_checkpoint": missing}}
+        return Report(metrics=metrics, meta=meta)
+
+    def actions(r):
+        return [x.action for x in recommend(r)]
+
+    threshold = DEFAULT_THRESHOLDS["untrained_angle_gap"]
+    assert "check_head" not in actions(head_report(threshold + 1))
+    flagged = recommend(head_report(threshold - 1))[0]
+    assert flagged.action == "check_head"
+    assert flagged.evidence["angle_gap"] == {
+        "value": pytest.approx(threshold - 1),
+        "threshold": threshold,
+        "op": "<",
+    }
+    assert actions(head_report(40.0, missing=True))[0] == "check_head"
+    assert actions(head_report(40.0, classes=10))[0] == "check_head"
+    loose = recommend(head_report(threshold - 1), thresholds={"untrained_angle_gap": 0.0})
+    assert "check_head" not in [x.action for x in loose]
