@@ -305,6 +305,7 @@ def check_head_table(seeds: list[int], epochs: int) -> str:
     """check_head on trained heads (false alarms) and on freshly initialised heads."""
     cases = (
         ("binary", binary(0.35), (Config("arcface", 2, m=0.2, s=s) for s in (8, 16, 64))),
+        ("binary, noise 0.8", binary(0.8), (Config("arcface", 2, m=0.5, s=s) for s in (8, 64))),
         ("10 digits", ten(0.5), (Config("arcface", 10, m=0.3, s=s) for s in (8, 16, 64))),
     )
     lines = [
