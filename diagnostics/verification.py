@@ -1,109 +1,188 @@
-"""Verification: ROC over genuine / impostor pair scores, EER and TAR at fixed FAR."""
+"""Verification: ROC over genuine / impostor pair scores, EER, TAR at fixed FAR, ROC AUC."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
-
-from ._validation import as_tensor
+import torch
 
 NAN = float("nan")
 
 
 def far_key(far: float) -> str:
-    """Report key of a FAR: 1e-3 -> "tar_at_far_1e-3", 0.01 -> "tar_at_far_1e-2"."""
+    """Report key of a FAR: ``f"tar_at_far_{far:.0e}"`` without the exponent's padding.
+
+    1e-3 -> "tar_at_far_1e-3", 0.01 -> "tar_at_far_1e-2", 5e-4 -> "tar_at_far_5e-4".
+    """
     mantissa, exponent = f"{far:.0e}".split("e")
     return f"tar_at_far_{mantissa}e{int(exponent)}"
 
 
 def _scores(x, name: str) -> np.ndarray:
-    a = np.asarray(as_tensor(x, name).double().cpu().numpy(), dtype=np.float64).ravel()
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} must be finite scores, got NaN or Inf")
-    return a
+    """1-D finite scores -> float64 numpy array."""
+    if isinstance(x, torch.Tensor):
+        arr = x.detach().cpu().numpy()
+    elif isinstance(x, (np.ndarray, list, tuple)):
+        arr = np.asarray(x)
+    else:
+        raise TypeError(
+            f"{name} must be a torch.Tensor, numpy array or list of scores, got {type(x).__name__}"
+        )
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D [n] scores, got shape {arr.shape}")
+    arr = arr.astype(np.float64, copy=False)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise ValueError(
+            f"{name} must be finite scores, got {int(bad.sum())} NaN or Inf values "
+            f"(first at index {int(np.argmax(bad))})"
+        )
+    return arr
+
+
+def _check_fars(fars) -> tuple[float, ...]:
+    if isinstance(fars, (int, float)) and not isinstance(fars, bool):
+        fars = (fars,)
+    if not isinstance(fars, Iterable):
+        raise TypeError(f"fars must be a sequence of rates in (0, 1), got {fars!r}")
+    fars = tuple(fars)
+    for far in fars:
+        if isinstance(far, bool) or not isinstance(far, (int, float)) or not 0 < far < 1:
+            raise ValueError(f"fars must lie in (0, 1), got {far!r}")
+    return tuple(float(f) for f in fars)
 
 
 def _roc(genuine: np.ndarray, impostor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds) at every distinct score, from the strictest threshold down,
-    starting at (0, 0) for threshold +inf. A pair is accepted when its score >= threshold."""
-    scores = np.concatenate([genuine, impostor])
-    is_gen = np.concatenate([np.ones(len(genuine)), np.zeros(len(impostor))])
-    order = np.argsort(-scores, kind="stable")
-    scores, is_gen = scores[order], is_gen[order]
-    last = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1]  # last index of each score
-    tp = np.cumsum(is_gen)[last]
-    fp = (last + 1) - tp
-    tpr = np.r_[0.0, tp / len(genuine)]
-    fpr = np.r_[0.0, fp / len(impostor)]
-    return fpr, tpr, np.r_[np.inf, scores[last]]
+    """(fpr, tpr, thresholds) at every distinct score, strictest first.
+
+    A pair is accepted when its score >= threshold; the first point is (0, 0) at +inf and the
+    last (1, 1) at the lowest score. These are scikit-learn's ``roc_curve(...,
+    drop_intermediate=False)`` points.
+    """
+    g, i = np.sort(genuine), np.sort(impostor)
+    thr = np.unique(np.concatenate([g, i]))[::-1]
+    tp = len(g) - np.searchsorted(g, thr, side="left")
+    fp = len(i) - np.searchsorted(i, thr, side="left")
+    tpr = np.concatenate([[0.0], tp / len(g)])
+    fpr = np.concatenate([[0.0], fp / len(i)])
+    return fpr, tpr, np.concatenate([[np.inf], thr])
 
 
 @dataclass(frozen=True)
 class VerificationResult:
-    """eer: equal error rate, where FAR = FRR, interpolated linearly between ROC points (lower
-    is better, 0 perfect, ~0.5 chance). tar_at_far: largest TAR (TPR) with FAR (FPR) <= far
-    (higher is better); nan when fewer than 1/far impostor pairs make the FAR unmeasurable.
-    auc: area under the ROC (higher better, 0.5 chance)."""
+    """Genuine-vs-impostor separation of pair scores.
+
+    Attributes
+    ----------
+    eer : equal error rate in [0, 1], lower is better (0 perfect, about 0.5 chance): the rate
+        where the false accept rate FAR (= FPR) equals the false reject rate FRR (= 1 - TPR),
+        on the ROC polyline (linear between its points).
+    eer_threshold : score threshold of the first ROC point with FAR >= FRR (accept >= it).
+    tar_at_far : {far: largest true accept rate (TPR) of a ROC point with FPR <= far}, higher
+        is better; nan when there are fewer than 1/far impostor scores, too few to measure a
+        false accept rate that small (the reason is in ``notes``).
+    auc : area under the ROC (trapezoids), in [0, 1], higher is better (0.5 chance); equals
+        scikit-learn's ``roc_auc_score``.
+    n_genuine, n_impostor : numbers of scores.
+    notes : {metric key: why it is nan}.
+    """
 
     eer: float
     eer_threshold: float
-    tar_at_far: dict
+    tar_at_far: dict[float, float]
     auc: float
     n_genuine: int
     n_impostor: int
-    notes: dict = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        out = {"eer": self.eer}
-        out.update({far_key(f): v for f, v in self.tar_at_far.items()})
-        out["roc_auc"] = self.auc
+    higher_is_better: ClassVar[dict[str, bool]] = {
+        "eer": False,
+        "tar_at_far": True,
+        "roc_auc": True,
+    }
+
+    def to_dict(self) -> dict[str, float]:
+        """``{"eer", "tar_at_far_1e-2", ... (one per FAR, see far_key), "roc_auc"}``."""
+        out = {"eer": float(self.eer)}
+        out.update({far_key(f): float(v) for f, v in self.tar_at_far.items()})
+        out["roc_auc"] = float(self.auc)
         return out
 
 
-def verification_metrics(genuine, impostor, *, fars=(1e-2, 1e-3, 1e-4)) -> VerificationResult:
+def verification_metrics(
+    genuine, impostor, *, fars: Iterable[float] = (1e-2, 1e-3, 1e-4)
+) -> VerificationResult:
     """EER, TAR@FAR and ROC AUC of genuine (same-identity) against impostor pair scores.
 
-    Scores: higher means more likely genuine (e.g. cosine similarity). Each FAR must lie in
-    (0, 1).
+    Scores: higher means more likely genuine (e.g. cosine similarity). At threshold t,
+    TAR(t) = #{genuine >= t} / n_genuine and FAR(t) = #{impostor >= t} / n_impostor; the ROC
+    has one point per distinct score (scikit-learn's ``roc_curve`` points).
+
+    - EER: along the ROC polyline, the point where FAR = 1 - TAR, found on the first segment
+      whose end has FAR >= 1 - TAR and linearly interpolated on it.
+    - TAR@FAR(f) = max{TAR(t) : FAR(t) <= f}; nan when n_impostor < 1/f.
+    - AUC = area under the ROC by trapezoids.
+
+    Parameters
+    ----------
+    genuine, impostor : 1-D finite scores (tensor, array or list).
+    fars : false accept rates in (0, 1).
+
+    Returns
+    -------
+    VerificationResult; all nan (with notes) when either side is empty.
     """
     g, i = _scores(genuine, "genuine"), _scores(impostor, "impostor")
-    for far in fars:
-        if not 0 < far < 1:
-            raise ValueError(f"fars must lie in (0, 1), got {far!r}")
+    fars = _check_fars(fars)
     if len(g) == 0 or len(i) == 0:
-        why = "needs genuine and impostor pairs"
-        nan_tars = {f: NAN for f in fars}
-        notes = {"eer": why, **{far_key(f): why for f in fars}}
-        return VerificationResult(NAN, NAN, nan_tars, NAN, len(g), len(i), notes)
+        why = f"needs genuine and impostor scores, got {len(g)} and {len(i)}"
+        notes = {"eer": why, **{far_key(f): why for f in fars}, "roc_auc": why}
+        return VerificationResult(NAN, NAN, {f: NAN for f in fars}, NAN, len(g), len(i), notes)
     fpr, tpr, thr = _roc(g, i)
-    fnr = 1 - tpr
-    d = fpr - fnr  # rises from -1 to +1 as the threshold falls
+    d = fpr - (1.0 - tpr)  # -1 at the first point, +1 at the last, nondecreasing
     k = int(np.argmax(d >= 0))
-    if k == 0:
-        eer, eer_t = float(fpr[0]), float(thr[0])
-    else:
-        t = d[k - 1] / (d[k - 1] - d[k]) if d[k] != d[k - 1] else 0.0
-        eer = float(fpr[k - 1] + t * (fpr[k] - fpr[k - 1]))
-        eer_t = float(thr[k])
+    t = d[k - 1] / (d[k - 1] - d[k])
+    eer = float(fpr[k - 1] + t * (fpr[k] - fpr[k - 1]))
     tars, notes = {}, {}
     for far in fars:
-        if len(i) < math.ceil(1 / far):
+        need = math.ceil(1 / far - 1e-9)
+        if len(i) < need:
             tars[far] = NAN
             notes[far_key(far)] = (
-                f"needs at least {math.ceil(1 / far)} impostor pairs, got {len(i)}"
+                f"needs at least {need} impostor pairs to measure FAR {far:g}, got {len(i)}"
             )
         else:
-            tars[far] = float(tpr[fpr <= far].max())
-    auc = float(np.trapezoid(tpr, fpr)) if hasattr(np, "trapezoid") else float(np.trapz(tpr, fpr))
-    return VerificationResult(eer, eer_t, tars, auc, len(g), len(i), notes)
+            tars[far] = float(tpr[np.searchsorted(fpr, far, side="right") - 1])
+    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    return VerificationResult(eer, float(thr[k]), tars, auc, len(g), len(i), notes)
 
 
-def roc_curve(genuine, impostor, *, max_points: int = 200) -> dict:
-    """The ROC as {"fpr": [...], "tpr": [...]}, at most ``max_points`` points (for plotting)."""
-    fpr, tpr, _ = _roc(_scores(genuine, "genuine"), _scores(impostor, "impostor"))
-    if len(fpr) > max_points:
-        keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
+def roc_curve(genuine, impostor, *, max_points: int = 200) -> dict[str, list[float]]:
+    """The ROC for plotting, ``{"fpr": [...], "tpr": [...]}``, at most ``max_points`` points.
+
+    The points are ROC points (a subset of scikit-learn's ``roc_curve``), in order, both ends
+    kept: half spread evenly along the curve, half at log-spaced FPRs from 1/n_impostor to 1
+    (each the highest-TPR point at or below that FPR), so linear and log FAR axes both show it.
+    """
+    if isinstance(max_points, bool) or not isinstance(max_points, (int, np.integer)):
+        raise TypeError(f"max_points must be an integer >= 2, got {max_points!r}")
+    if max_points < 2:
+        raise ValueError(f"max_points must be an integer >= 2, got {max_points}")
+    g, i = _scores(genuine, "genuine"), _scores(impostor, "impostor")
+    if len(g) == 0 or len(i) == 0:
+        raise ValueError(f"roc_curve needs genuine and impostor scores, got {len(g)} and {len(i)}")
+    fpr, tpr, _ = _roc(g, i)
+    n = len(fpr)
+    if n > max_points:
+        even = np.linspace(0, n - 1, max_points // 2).round().astype(np.int64)
+        targets = np.logspace(np.log10(1 / len(i)), 0, max_points - max_points // 2)
+        logs = np.searchsorted(fpr, targets * (1 + 1e-12), side="right") - 1
+        keep = np.unique(np.concatenate([even, logs]))
         fpr, tpr = fpr[keep], tpr[keep]
     return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
