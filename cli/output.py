@@ -71,9 +71,10 @@ def write_report(report: Any, out: Path, *, force: bool) -> list[Path]:
     try:
         (staging / "report.json").write_text(report.to_json(), encoding="utf-8")
         (staging / "report.md").write_text(report.to_markdown(), encoding="utf-8")
-        (staging / "report.html").write_text(report.to_html(), encoding="utf-8")
+        pngs = report.plot_pngs()  # rendered once, for the page and for plots/
+        (staging / "report.html").write_text(report.to_html(plots=pngs), encoding="utf-8")
         (staging / PLOTS).mkdir()
-        for name, png in report.plot_pngs().items():
+        for name, png in pngs.items():
             (staging / PLOTS / f"{_safe_name(name)}.png").write_bytes(png)
         _commit(staging, out)
     finally:

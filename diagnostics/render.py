@@ -233,7 +233,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 """
 
 
-def report_html(report) -> str:
+def report_html(report, plots: dict[str, bytes] | None = None) -> str:
     """One self-contained HTML page (inline PNG plots, no external resources)."""
     e = html.escape
     parts = [
@@ -255,7 +255,7 @@ def report_html(report) -> str:
         f"<tr><td>{e(k)}</td><td class='num'>{e(fmt(v))}</td></tr>" for k, v in key_metrics(report)
     ]
     parts.append("</table><h2>Plots</h2><div class='plots'>")
-    for name, png in report_plots(report).items():
+    for name, png in (report_plots(report) if plots is None else plots).items():
         data = base64.b64encode(png).decode("ascii")
         parts.append(f"<img alt='{e(name)}' src='data:image/png;base64,{data}'>")
     parts.append("</div>")

@@ -175,10 +175,11 @@ class Report:
 
         return report_markdown(self)
 
-    def to_html(self) -> str:
+    def to_html(self, plots: dict[str, bytes] | None = None) -> str:
+        """One self-contained page; ``plots`` (from :meth:`plot_pngs`) avoids re-rendering."""
         from .render import report_html
 
-        return report_html(self)
+        return report_html(self, plots)
 
     def plot_pngs(self) -> dict[str, bytes]:
         from .render import report_plots

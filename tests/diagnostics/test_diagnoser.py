@@ -71,7 +71,7 @@ def test_batching_merging_and_order_do_not_change_the_report(cuts, seed, with_lo
     for i in order:
         merged.merge(parts[i])
     rep = merged.compute()
-    same_metrics(one.metrics, rep.metrics, rel=1e-6, abs_=1e-9)
+    same_metrics(one.metrics, rep.metrics, rel=1e-5, abs_=1e-9)  # float32 batch sums
     assert one.sections["hardest"] == rep.sections["hardest"]
 
 
