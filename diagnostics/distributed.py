@@ -61,7 +61,9 @@ def collective_device(group=None) -> torch.device:
 def _describe(d: Diagnoser) -> dict:
     """The small, picklable description of one rank's state that every rank needs first."""
     samples = {k: torch.cat(v) if v else None for k, v in d.samples.items()}
-    ids = [s.encode("utf-8") for s in d.ids] if d.ids else []
+    # ids travel as one UTF-8 blob per rank plus their lengths in characters
+    ids = d.ids or []
+    blob = "".join(ids).encode("utf-8")
     return {
         "options": (d.space, d.bins, d.reservoir.capacity, d.seed),
         "head": None if d.head is None else d.head.num_classes,
@@ -74,13 +76,14 @@ def _describe(d: Diagnoser) -> dict:
             k: str(t.dtype).removeprefix("torch.") for k, t in samples.items() if t is not None
         },
         "has_ids": d.ids is not None,
-        "id_bytes": sum(len(b) for b in ids),
+        "id_bytes": len(blob),
         "has_colstats": d.colstats is not None,
         "reservoir": len(d.reservoir),
         "seen": int(d.reservoir.seen),
         "nonfinite": int(d.nonfinite),
         "_samples": samples,
-        "_ids": ids,
+        "_id_chars": np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)),
+        "_id_blob": blob,
     }
 
 
@@ -234,21 +237,16 @@ def sync_diagnoser(diagnoser: Diagnoser, group=None) -> Diagnoser:
         has_ids = any(e["has_ids"] for e in descs)
     ids = [] if has_ids else None
     if has_ids and sum(lengths):
-        id_lengths = _gather_rows(
-            torch.as_tensor([len(b) for b in mine["_ids"]], dtype=torch.int64),
-            lengths,
-            group,
-            device,
-        )
+        chars = _gather_rows(torch.from_numpy(mine["_id_chars"]), lengths, group, device)
         blob = _gather_rows(
-            torch.from_numpy(np.frombuffer(b"".join(mine["_ids"]), dtype=np.uint8).copy()),
+            torch.from_numpy(np.frombuffer(mine["_id_blob"], dtype=np.uint8).copy()),
             [e["id_bytes"] for e in descs],
             group,
             device,
         )
-        raw = blob.numpy().tobytes()
-        ends = id_lengths.cumsum(0).tolist()
-        ids = [raw[a:b].decode("utf-8") for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        text = blob.numpy().tobytes().decode("utf-8")  # whole blobs of whole strings: valid
+        ends = chars.cumsum(0).tolist()
+        ids = [text[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
     res = d.reservoir
     res_lengths = [e["reservoir"] for e in descs]
     if len(res):
