@@ -112,25 +112,23 @@ def _evidence_text(e) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def _figure():
-    import matplotlib
+def _figure(width: float = 6.0, height: float = 3.2):
+    """A bare Agg figure with fixed margins: no pyplot state, one draw per savefig."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.16, top=0.88)
+    return fig, fig.add_subplot()
 
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    _figure().close(fig)
+    fig.savefig(buf, format="png", dpi=80)
     return buf.getvalue()
 
 
 def _hist_plot(h: dict, title: str, density: bool = True) -> bytes:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = _figure()
     edges = np.asarray(h["edges"], dtype=float)
     for name, counts in h["counts"].items():
         c = np.asarray(counts, dtype=float)
@@ -183,8 +181,7 @@ def report_plots(report) -> dict[str, bytes]:
 
 
 def _logit_columns_plot(cols: dict) -> bytes:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = _figure()
     n_cols = len(cols["col"])
     n_cls = len(cols["by_class"])
     width = 0.8 / max(n_cls, 1)
@@ -202,11 +199,12 @@ def _logit_columns_plot(cols: dict) -> bytes:
 
 
 def _pca_plot(pca: dict) -> bytes:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    from matplotlib import colormaps
+
+    fig, ax = _figure(4.5, 4.5)
     labels = np.asarray(pca["label"])
     uniq = np.unique(labels)
-    cmap = plt.get_cmap("tab10" if len(uniq) <= 10 else "viridis")
+    cmap = colormaps["tab10" if len(uniq) <= 10 else "viridis"]
     for i, c in enumerate(uniq):
         sel = labels == c
         color = cmap(i % 10) if len(uniq) <= 10 else cmap(i / max(len(uniq) - 1, 1))
