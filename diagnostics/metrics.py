@@ -209,11 +209,12 @@ def _nc1_compute(
         return NAN, "needs at least two classes"
     means = sums / counts.clamp_min(1)[:, None]
     mu = sums.sum(0) / counts.sum()
-    diff_b = (means - mu)[present]
-    s_b = (diff_b * counts[present, None]).T @ diff_b
+    # S_B = A^T A with A = sqrt(n_c) (mu_c - mu)  [k, D], so S_B^+ = A^+ A^+^T and
+    # Tr(S_W S_B^+) = |centred @ A^+|_F^2 * weight: no D x D matrix is ever formed.
+    a = (means - mu)[present] * counts[present].sqrt()[:, None]
+    a_pinv = torch.linalg.pinv(a)  # [D, k]
     centred = x.double().cpu() - means[idx.cpu()]
-    s_w = weight * (centred.T @ centred)
-    value = float(torch.trace(s_w @ torch.linalg.pinv(s_b, hermitian=True)) / k)
+    value = float(weight * (centred @ a_pinv).square().sum() / k)
     return value, None
 
 
