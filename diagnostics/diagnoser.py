@@ -239,8 +239,9 @@ class Diagnoser:
         zeros = torch.zeros(k, dtype=torch.float64, device=p.device)
         o["pos_sum"] += zeros.index_add(0, y, ptrue).cpu()
         o["pos_sumsq"] += zeros.index_add(0, y, ptrue * ptrue).cpu()
-        o["all_sum"] += p.sum(0).cpu()
-        o["all_sumsq"] += (torch.linalg.vector_norm(p, dim=0).double() ** 2).cpu()
+        p64 = p.double()  # narrow logits only (C <= MAX_COLUMN_KEYS): a small copy
+        o["all_sum"] += p64.sum(0).cpu()
+        o["all_sumsq"] += (p64 * p64).sum(0).cpu()
 
     # ------------------------------------------------------------------------------------------
     def merge(self, other: Diagnoser) -> Diagnoser:
