@@ -43,6 +43,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from torch import nn
+
 from embscope.cli.demo import (
     EMBEDDING_DIM,
     DigitsNet,
@@ -56,7 +58,6 @@ from embscope.cli.demo import (
 from embscope.diagnostics import adacos_scale, direction, normface_scale, recommend
 from embscope.diagnostics.report import Recommendation
 from embscope.losses import ArcFaceHead, BCEHead
-from torch import nn
 
 D = EMBEDDING_DIM
 

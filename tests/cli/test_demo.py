@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.datasets import load_digits
+from sklearn.metrics import accuracy_score, f1_score
+
 from embscope.cli.demo import (
     DigitsNet,
     LeakyMarginNet,
@@ -23,8 +26,6 @@ from embscope.cli.errors import UsageError
 from embscope.cli.main import main
 from embscope.diagnostics import Report, probe_margin_leak
 from embscope.losses import ArcFaceHead, BCEHead
-from sklearn.datasets import load_digits
-from sklearn.metrics import accuracy_score, f1_score
 
 
 @pytest.fixture(autouse=True)
