@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from embscope.losses import DiceLoss, FocalDiceLoss, FocalLoss
 from scipy.spatial.distance import dice as scipy_dice
 from scipy.special import expit, log_softmax, softmax
+
+from embscope.losses import DiceLoss, FocalDiceLoss, FocalLoss
 
 
 def binary_data(shape=(6, 5), seed=0):

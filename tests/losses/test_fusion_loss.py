@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from embscope.losses import FUSION_PRESETS, FusionLoss
 from scipy.special import log_softmax
+
+from embscope.losses import FUSION_PRESETS, FusionLoss
 
 B, C, DG, FEAT = 6, 3, 4, 8
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+
 from embscope.losses import (
     ArcFaceHead,
     BCEHead,
@@ -14,7 +16,6 @@ from embscope.losses import (
     register_head,
 )
 from embscope.losses import registry as registry_module
-from torch import nn
 
 
 def test_build_from_the_issue_example():

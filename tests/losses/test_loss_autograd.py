@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from embscope.losses import ArcFaceHead
 from embscope.losses._autograd import margin_cross_entropy, margin_logits
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from embscope.losses import ArcFaceHead, CosFaceHead, MarginHead
 from pytorch_metric_learning.losses import ArcFaceLoss, CosFaceLoss
 from torch.func import functional_call
+
+from embscope.losses import ArcFaceHead, CosFaceHead, MarginHead
 
 D, C, B = 6, 4, 10
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from embscope.losses import TripletLoss
 from scipy.spatial.distance import cdist, cosine, euclidean
+
+from embscope.losses import TripletLoss
 
 
 def triplets(n=9, d=4, seed=0):

@@ -1,0 +1,196 @@
+"""Forward + backward time of embscope's margin heads against pytorch-metric-learning.
+
+For each number of classes C it times one training step of the loss (forward, cross-entropy,
+backward into the embeddings and the class weights) for
+
+- embscope ``ArcFaceHead`` / ``CosFaceHead`` + ``F.cross_entropy`` (column "head+CE"),
+- embscope ``head.loss(x, y)``, the same loss fused (column "head.loss"),
+- pytorch-metric-learning ``ArcFaceLoss`` / ``CosFaceLoss`` on the same weights,
+- the three-GEMM floor: ``cos = x_n @ w_n.T`` plus the two backward products
+  ``g.T @ x_n`` and ``g @ w_n`` on pre-normalised inputs, timed directly: no margin head can
+  beat it, since it does at least these three matrix products.
+
+Candidates run round-robin (one step of each in turn) so that a noisy shared machine slows all
+of them alike; each cell is the median over the timed rounds, after warm-up rounds. Before any
+timing the script asserts that embscope's and PML's losses agree on the same weights.
+
+Usage::
+
+    python benchmarks/bench_losses.py                  # CPU, float32 and bfloat16 autocast
+    python benchmarks/bench_losses.py --device cuda    # the same on a GPU
+
+Goals (performance issue): ArcFace within 1.2x of the floor at C = 10000 and at most 0.7x of
+PML's time at C = 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning.losses import ArcFaceLoss, CosFaceLoss
+
+from embscope.losses import ArcFaceHead, CosFaceHead
+
+M_ARC, M_COS, SCALE = 0.5, 0.35, 64.0
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_models(dim: int, classes: int, device: torch.device):
+    torch.manual_seed(0)
+    ours = {
+        "arcface": ArcFaceHead(dim, classes, m=M_ARC, s=SCALE).to(device),
+        "cosface": CosFaceHead(dim, classes, m=M_COS, s=SCALE).to(device),
+    }
+    pml = {
+        "arcface": ArcFaceLoss(classes, dim, margin=math.degrees(M_ARC), scale=SCALE),
+        "cosface": CosFaceLoss(classes, dim, margin=M_COS, scale=SCALE),
+    }
+    for name, ref in pml.items():
+        ref.to(device)
+        ref.W.data = ours[name].weight.data.T.contiguous().clone()
+    return ours, pml
+
+
+def check_agreement(ours, pml, x, y) -> None:
+    """Losses and weight gradients of embscope (both forms) and PML must agree before timing."""
+    for name in ours:
+        head, ref = ours[name], pml[name]
+        ref.W.grad = None
+        b = ref(x, y)
+        b.backward()
+        for form in ("head+CE", "head.loss"):
+            head.weight.grad = None
+            a = F.cross_entropy(head(x, y), y) if form == "head+CE" else head.loss(x, y)
+            a.backward()
+            if not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+                sys.exit(f"{name} {form}: embscope loss {a.item()} != PML loss {b.item()}")
+            if not torch.allclose(head.weight.grad, ref.W.grad.T, rtol=1e-3, atol=1e-6):
+                err = (head.weight.grad - ref.W.grad.T).abs().max().item()
+                sys.exit(
+                    f"{name} {form}: weight gradients differ from PML's (max abs diff {err:.3g})"
+                )
+
+
+def step_ours(head, x, y, autocast: torch.dtype | None, fused: bool) -> Callable[[], None]:
+    def run() -> None:
+        head.weight.grad = None
+        x.grad = None
+        with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+            loss = head.loss(x, y) if fused else F.cross_entropy(head(x, y), y)
+        loss.backward()
+
+    return run
+
+
+def step_pml(ref, x, y, autocast: torch.dtype | None) -> Callable[[], None]:
+    def run() -> None:
+        ref.W.grad = None
+        x.grad = None
+        with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+            loss = ref(x, y)
+        loss.backward()
+
+    return run
+
+
+def step_floor(x, weight, autocast: torch.dtype | None) -> Callable[[], None]:
+    dtype = autocast or x.dtype
+    xn = F.normalize(x.detach(), dim=1).to(dtype)
+    wn = F.normalize(weight.detach(), dim=1).to(dtype)
+    g = torch.randn(x.shape[0], weight.shape[0], device=x.device, dtype=dtype)
+
+    def run() -> None:
+        torch.mm(xn, wn.T)
+        torch.mm(g.T, xn)
+        torch.mm(g, wn)
+
+    return run
+
+
+def time_round_robin(
+    steps: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int
+) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_ in range(warmup + repeats):
+        for name, step in steps.items():
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--classes", type=int, nargs="+", default=[2, 1000, 10000])
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 rows")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"# margin heads, forward + backward, batch {args.batch}, D {args.dim}, {where}, "
+        f"torch {torch.__version__}; median of {args.repeats} rounds after {args.warmup} "
+        f"warm-up; ms"
+    )
+    print()
+    print(
+        "| C | dtype | head | head+CE | head.loss | PML | floor | head+CE / PML "
+        "| head.loss / PML | head+CE / floor | head.loss / floor |"
+    )
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    dtypes: list[torch.dtype | None] = [None] if args.no_bf16 else [None, torch.bfloat16]
+    for classes in args.classes:
+        ours, pml = make_models(args.dim, classes, device)
+        g = torch.Generator(device="cpu").manual_seed(1)
+        x = torch.randn(args.batch, args.dim, generator=g).to(device).requires_grad_(True)
+        y = torch.randint(0, classes, (args.batch,), generator=g).to(device)
+        check_agreement(ours, pml, x, y)
+        for autocast in dtypes:
+            steps: dict[str, Callable[[], None]] = {
+                "floor": step_floor(x, ours["arcface"].weight, autocast)
+            }
+            for name in ours:
+                steps[f"ce:{name}"] = step_ours(ours[name], x, y, autocast, fused=False)
+                steps[f"loss:{name}"] = step_ours(ours[name], x, y, autocast, fused=True)
+                steps[f"pml:{name}"] = step_pml(pml[name], x, y, autocast)
+            ms = time_round_robin(steps, device, args.warmup, args.repeats)
+            label = "float32" if autocast is None else "bf16 autocast"
+            for name in ours:
+                a, fused = ms[f"ce:{name}"], ms[f"loss:{name}"]
+                b, f = ms[f"pml:{name}"], ms["floor"]
+                print(
+                    f"| {classes} | {label} | {name} | {a:.2f} | {fused:.2f} | {b:.2f} | "
+                    f"{f:.2f} | {a / b:.2f} | {fused / b:.2f} | {a / f:.2f} | "
+                    f"{fused / f:.2f} |"
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
