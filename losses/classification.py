@@ -175,7 +175,7 @@ class DiceLoss(nn.Module):
         >= 0.
     """
 
-    def __init__(self, task: str = "multiclass", smooth: float = 1.0) -> None:
+    def __init__(self, task: str = "binary", smooth: float = 1.0) -> None:
         super().__init__()
         self.task = check_choice(task, "task", ("binary", "multiclass"))
         self.smooth = check_real(smooth, "smooth", low=0.0)

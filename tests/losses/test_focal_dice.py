@@ -160,11 +160,13 @@ def test_dice_perfect_prediction_is_zero():
 
 def test_dice_gradcheck_and_validation():
     x, y = multiclass_data(n=2, c=3, spatial=(2,))
-    assert torch.autograd.gradcheck(lambda x: DiceLoss()(x, y), (x.requires_grad_(True),))
+    assert torch.autograd.gradcheck(
+        lambda x: DiceLoss(task="multiclass")(x, y), (x.requires_grad_(True),)
+    )
     with pytest.raises(ValueError, match=r"smooth must be >= 0, got -1\.0"):
         DiceLoss(smooth=-1)
     with pytest.raises(ValueError, match=r"logits must have shape \[N, C\].*C >= 2, got \[4\]"):
-        DiceLoss()(torch.randn(4), torch.zeros(4, dtype=torch.long))
+        DiceLoss(task="multiclass")(torch.randn(4), torch.zeros(4, dtype=torch.long))
 
 
 # ------------------------------------------------------------------------------ focal + dice
