@@ -203,7 +203,7 @@ def test_a_failure_while_writing_loses_nothing(
     (out / "report.json").write_text("earlier")
     (out / "report.html").write_text("earlier html")
 
-    def fail(self: Report) -> str:
+    def fail(self: Report, *args, **kwargs) -> str:
         raise OSError("disk full")
 
     monkeypatch.setattr(Report, "to_html", fail)
