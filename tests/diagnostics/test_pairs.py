@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from embscope.diagnostics.pairs import PairSample, pair_similarities
 from scipy import stats
+
+from embscope.diagnostics.pairs import PairSample, pair_similarities
 
 
 def double_loop(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

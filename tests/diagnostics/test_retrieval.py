@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from embscope.diagnostics.retrieval import RetrievalResult, knn_retrieval
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+from embscope.diagnostics.retrieval import RetrievalResult, knn_retrieval
 
 
 def clustered(n: int, d: int, sizes_or_c, sigma: float, seed: int):

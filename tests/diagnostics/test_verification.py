@@ -7,15 +7,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.interpolate import interp1d
+from scipy.optimize import brentq
+from sklearn import metrics
+
 from embscope.diagnostics.verification import (
     VerificationResult,
     far_key,
     roc_curve,
     verification_metrics,
 )
-from scipy.interpolate import interp1d
-from scipy.optimize import brentq
-from sklearn import metrics
 
 
 def scores(seed: int, n_gen: int, n_imp: int, decimals: int | None = None):
