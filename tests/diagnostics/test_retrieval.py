@@ -237,6 +237,23 @@ def test_non_finite_rows_are_named():
         knn_retrieval(x, np.zeros(6, int))
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_worker_threads_give_the_same_result(threads):
+    # Blocks run on worker threads (torch.get_num_threads() of them); the conftest pins one.
+    x, y = DATASETS["imbalanced"]()
+    base = knn_retrieval(x, y, ks=(1, 5), chunk_size=23)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = knn_retrieval(x, y, ks=(1, 5), chunk_size=23)
+        big = knn_retrieval(x, y, ks=(1, 5), chunk_size=9)  # large classes in parallel panels
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert got.to_dict() == pytest.approx(base.to_dict())
+    assert big.to_dict() == pytest.approx(base.to_dict())
+
+
 def test_restores_torch_thread_count():
     before = torch.get_num_threads()
     x, y = DATASETS["balanced"]()
