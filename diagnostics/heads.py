@@ -174,7 +174,9 @@ def head_health(
 
     head.weight_norm_cv: std / mean of the weight row norms (spread; 0 = equal norms).
     head.min_weight_angle: smallest angle between two class weights, degrees.
-    head.centroid_alignment: mean cos(w_c, mu_c) between each weight and its class mean;
+    head.centroid_alignment: mean over classes of cos(w_c - mean w, mu_c - mean mu), unit
+        weights and class means each centred on their own average over the classes present
+        (the softmax ignores a shift shared by all weights, so only the centred parts train);
         near 0 (within 3 / sqrt(D), the spread of random directions) the weights ignore the
         data, near 1 they point at it.
     head.dead_class_count: classes present in the labels that are never the argmax.
@@ -196,7 +198,11 @@ def head_health(
     k = min(w.shape[0], class_means.shape[0])
     use = present[:k].clone()
     if use.any():
-        cos = F.cosine_similarity(w[:k][use], class_means[:k][use].double(), dim=1)
+        wu = F.normalize(w[:k][use], dim=1)
+        mu = class_means[:k][use].double()
+        if int(use.sum()) >= 2:
+            wu, mu = wu - wu.mean(0), mu - mu.mean(0)
+        cos = F.cosine_similarity(wu, mu, dim=1)
         alignment = float(cos.mean())
     else:
         alignment = NAN
