@@ -133,7 +133,7 @@ def _check_ks(ks) -> tuple[int, ...]:
 
 
 def _default_chunk_size(device: torch.device) -> int:
-    return 8192 if device.type == "cuda" else 2048
+    return 16384 if device.type == "cuda" else 2048
 
 
 # ----------------------------------------------------------------------------------------------
@@ -512,7 +512,7 @@ def knn_retrieval(
     labels : [N] integers of any values.
     ks : the k of recall@k, positive integers; k >= N - 1 gives 1 for every query.
     space : "cosine" or "euclidean".
-    chunk_size : rows per similarity block (default 2048 on CPU, 8192 on CUDA). Working memory
+    chunk_size : rows per similarity block (default 2048 on CPU, 16384 on CUDA). Working memory
         is about 3 chunk_size^2 floats per thread plus the running top-K, 8 N K bytes over the
         queries whose K_q stays under max(max(ks), chunk_size^2 / N); queries of larger
         classes are ranked in panels of about chunk_size^2 / N full rows instead, so memory
