@@ -20,6 +20,7 @@ work and no float64 copy of the whole array is ever made.
 
 from __future__ import annotations
 
+import mmap
 import os
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -527,7 +528,24 @@ class _SlicedColumn:
         for start in range(0, self.shape[0], rows):
             part = self.array[start : start + rows]
             # A private copy of the chunk only, in the stored dtype (memmap slices are read-only).
-            yield part.clone() if isinstance(part, torch.Tensor) else np.array(part)
+            block = part.clone() if isinstance(part, torch.Tensor) else np.array(part)
+            self._release(start, start + len(block))
+            yield block
+
+    def _release(self, start: int, stop: int) -> None:
+        """Drop the pages of rows [start, stop) from this process's memory once copied, so a
+        streamed file never becomes resident as a whole (peak RSS stays one chunk)."""
+        mm = getattr(self.array, "_mmap", None)
+        if mm is None or not hasattr(mm, "madvise") or not self.array.flags.c_contiguous:
+            return
+        row_bytes = self.array.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+        first = self.array.offset % mmap.ALLOCATIONGRANULARITY + start * row_bytes
+        last = first + (stop - start) * row_bytes
+        first -= first % mmap.PAGESIZE
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, first, last - first)
+        except (OSError, ValueError):  # advice only: never fail a read over it
+            pass
 
 
 class _ZipNpyColumn:

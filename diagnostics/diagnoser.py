@@ -39,7 +39,11 @@ class Diagnoser:
     head_info : extra facts about the head, e.g. ``{"missing_from_checkpoint": True}``.
     thresholds : overrides of the recommendation thresholds (see ``recommend``).
     hard_k : how many hardest samples the report lists.
-    max_pairs : pairs of each kind (genuine, impostor) beyond which pair metrics are sampled.
+    pair_rows : pair metrics (pair_ks, pair_hellinger, eer, tar_at_far_*) use every pair among
+        the first ``pair_rows`` reservoir rows (a uniform sample; 2,000 rows give about 2
+        million pairs, computed by blocked products).
+    retrieval_rows : retrieval metrics (recall_at_k, map_at_r) use the first
+        ``retrieval_rows`` reservoir rows as queries and references (exact kNN among them).
     sync_on_compute : when torch.distributed is initialised, ``compute()`` reports on the
         states of all ranks of ``process_group`` (this object's own state is left as it is).
     process_group : the torch.distributed group to sync over (None: the default group).
@@ -57,7 +61,8 @@ class Diagnoser:
         head_info: dict | None = None,
         thresholds: dict | None = None,
         hard_k: int = 20,
-        max_pairs: int = 200_000,
+        pair_rows: int = 2_000,
+        retrieval_rows: int = 5_000,
         sync_on_compute: bool = True,
         process_group=None,
     ):
@@ -71,7 +76,11 @@ class Diagnoser:
         self.head_info = dict(head_info or {})
         self.thresholds = dict(thresholds or {})
         self.hard_k = int(hard_k)
-        self.max_pairs = int(max_pairs)
+        for name, value in (("pair_rows", pair_rows), ("retrieval_rows", retrieval_rows)):
+            if not isinstance(value, int) or value < 2:
+                raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
+        self.pair_rows = pair_rows
+        self.retrieval_rows = retrieval_rows
         self.sync_on_compute = bool(sync_on_compute)
         self.process_group = process_group
         self.reservoir = Reservoir(reservoir_size, seed)
@@ -542,7 +551,10 @@ class Diagnoser:
             "pair_ks",
             "pair_hellinger",
             "eer",
+            "tar_at_far_1e-2",
             "tar_at_far_1e-3",
+            "tar_at_far_1e-4",
+            "roc_auc",
             "recall_at_1",
             "recall_at_5",
             "map_at_r",
@@ -556,7 +568,15 @@ class Diagnoser:
         x, y = res.rows[order], res.labels[order]
         info = {"exact": res.exact, "sample_size": len(res), "population": res.seen}
         for key in names:
-            sampled[key] = dict(info)
+            rows = {"pair": self.pair_rows, "retrieval": self.retrieval_rows}.get(
+                _VECTOR_GROUP.get(key), len(res)
+            )
+            used = min(rows, len(res))
+            sampled[key] = {
+                "exact": res.exact and used == len(res),
+                "sample_size": used,
+                "population": res.seen,
+            }
         n_total = float(self.counts.sum())
         weight = n_total / len(res)
         value, why = M._nc1_compute(x, y, self.counts, self.sums, weight)
@@ -581,54 +601,48 @@ class Diagnoser:
         else:
             metrics["centroid_confusion_count"] = NAN
             reasons["centroid_confusion_count"] = "needs at least two classes"
-        self._pairs_and_retrieval(x, y, metrics, reasons, sections)
+        self._pairs(x[: self.pair_rows], y[: self.pair_rows], metrics, reasons, sections)
+        self._retrieval(x[: self.retrieval_rows], y[: self.retrieval_rows], metrics, reasons)
         sections["pca"] = _pca_view(x, y, self._values, self.seed)
 
-    def _pairs_and_retrieval(self, x, y, metrics, reasons, sections) -> None:
+    def _pairs(self, x, y, metrics, reasons, sections) -> None:
+        """Genuine vs impostor cosine similarities of every pair among these rows."""
         from .pairs import pair_similarities
-        from .retrieval import knn_retrieval
         from .verification import verification_metrics
 
-        try:
-            ps = pair_similarities(x, y, max_pairs=self.max_pairs, seed=self.seed)
-        except ValueError as e:
-            ps = None
-            why = str(e)
-        if ps is not None and len(ps.genuine) and len(ps.impostor):
-            g, i = ps.genuine.astype(np.float64), ps.impostor.astype(np.float64)
-            metrics["pair_ks"] = M.ks_distance(g, i)
-            edges = M.histogram_edges(self.bins, -1.0, 1.0)
-            hg = np.histogram(np.clip(g, -1, 1), edges)[0]
-            hi = np.histogram(np.clip(i, -1, 1), edges)[0]
-            metrics["pair_hellinger"] = M.hellinger_from_counts(hg, hi)
-            v = verification_metrics(g, i)
-            vd = v.to_dict()
-            metrics["eer"] = vd["eer"]
-            for key, val in vd.items():
-                if key.startswith("tar_at_far") or key == "roc_auc":
-                    metrics[key] = val
-            for note_key, note in (getattr(v, "notes", None) or {}).items():
-                reasons.setdefault(str(note_key), str(note))
-            sections.setdefault("histograms", {})["pair"] = {
-                "edges": edges.tolist(),
-                "counts": {"genuine": hg.tolist(), "impostor": hi.tolist()},
-                "xlabel": "cosine similarity of a pair",
-            }
-            if not ps.exact:
-                reasons.setdefault("pair_ks", f"sampled: {self.max_pairs} pairs of each kind")
-        else:
-            why = why if ps is None else "needs same-class and different-class pairs"
-            for key in ("pair_ks", "pair_hellinger", "eer", "tar_at_far_1e-3"):
+        n = len(y)
+        ps = pair_similarities(x, y, max_pairs=max(1, n * (n - 1) // 2), seed=self.seed)
+        if not (len(ps.genuine) and len(ps.impostor)):
+            for key in [k for k, group in _VECTOR_GROUP.items() if group == "pair"]:
                 metrics[key] = NAN
-                reasons[key] = why
-        counts = torch.bincount(y)
-        if int((counts >= 2).sum()) == 0:
+                reasons[key] = "needs same-class and different-class pairs"
+            return
+        g, i = ps.genuine.astype(np.float64), ps.impostor.astype(np.float64)
+        metrics["pair_ks"] = M.ks_distance(g, i)
+        edges = M.histogram_edges(self.bins, -1.0, 1.0)
+        hg = np.histogram(np.clip(g, -1, 1), edges)[0]
+        hi = np.histogram(np.clip(i, -1, 1), edges)[0]
+        metrics["pair_hellinger"] = M.hellinger_from_counts(hg, hi)
+        v = verification_metrics(g, i)
+        metrics.update(v.to_dict())
+        for note_key, note in (getattr(v, "notes", None) or {}).items():
+            reasons.setdefault(str(note_key), str(note))
+        sections.setdefault("histograms", {})["pair"] = {
+            "edges": edges.tolist(),
+            "counts": {"genuine": hg.tolist(), "impostor": hi.tolist()},
+            "xlabel": "cosine similarity of a pair",
+        }
+
+    def _retrieval(self, x, y, metrics, reasons) -> None:
+        """Exact kNN retrieval among these rows (each one a query against the others)."""
+        from .retrieval import knn_retrieval
+
+        if int((torch.bincount(y) >= 2).sum()) == 0:
             for key in ("recall_at_1", "recall_at_5", "map_at_r"):
                 metrics[key] = NAN
                 reasons[key] = "no class has two samples"
             return
-        r = knn_retrieval(x, y, ks=(1, 5), space=self.space)
-        metrics.update(r.to_dict())
+        metrics.update(knn_retrieval(x, y, ks=(1, 5), space=self.space).to_dict())
 
     def _class_table(self, order) -> list[dict]:
         n_c = self.counts.numpy()
@@ -651,6 +665,21 @@ class Diagnoser:
                 row["predicted"] = int(cm[:, slot].sum())
             rows.append(row)
         return rows
+
+
+# which bounded subset of the reservoir each vector-based metric uses
+_VECTOR_GROUP = {
+    "pair_ks": "pair",
+    "pair_hellinger": "pair",
+    "eer": "pair",
+    "tar_at_far_1e-2": "pair",
+    "tar_at_far_1e-3": "pair",
+    "tar_at_far_1e-4": "pair",
+    "roc_auc": "pair",
+    "recall_at_1": "retrieval",
+    "recall_at_5": "retrieval",
+    "map_at_r": "retrieval",
+}
 
 
 def _ovr_from_rows(logits: torch.Tensor, labels: torch.Tensor, k: int):
