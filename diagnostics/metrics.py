@@ -517,7 +517,10 @@ def _hardness_update(z: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor
         }
     check_label_range(y, z.shape[1], "logit columns")
     top, idx = z.topk(2, dim=1)
-    lse = torch.logsumexp(z, dim=1)
+    if z.shape[1] == 2:  # both logits are in ``top``: skip the general (slower) reduction
+        lse = top[:, 0] + torch.log1p(torch.exp(top[:, 1] - top[:, 0]))
+    else:
+        lse = torch.logsumexp(z, dim=1)
     p1, p2 = torch.exp(top[:, 0] - lse).double(), torch.exp(top[:, 1] - lse).double()
     pred = idx[:, 0]
     true = z.gather(1, y[:, None])[:, 0]

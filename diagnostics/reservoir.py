@@ -35,9 +35,11 @@ def _column_hash(rows: torch.Tensor, labels: torch.Tensor, seed: int, n_cols: in
     any batch, on any device."""
     d = rows.shape[1]
     cols = torch.linspace(0, d - 1, min(d, n_cols)).round().long().unique()
-    bits = rows[:, cols.to(rows.device)].float().contiguous().view(torch.int32).long()
-    coef = _mix(torch.arange(1, len(cols) + 1, dtype=torch.int64, device=rows.device) * _GOLDEN)
-    h = (bits * (coef | 1)).sum(dim=1)
+    bits = rows.index_select(1, cols.to(rows.device)).float().contiguous().view(torch.int32)
+    coef = (_mix(torch.arange(1, len(cols) + 1, dtype=torch.int64) * _GOLDEN) | 1).tolist()
+    h = torch.zeros(rows.shape[0], dtype=torch.int64, device=rows.device)
+    for j, c in enumerate(coef):  # column by column: 1-D integer ops are the fast ones
+        h += bits[:, j].long() * c
     h = _mix(h ^ _mix(labels.long() * _GOLDEN + int(seed) * (n_cols + 1)))
     return h & _MASK63
 
@@ -102,10 +104,10 @@ class Reservoir:
             if not bool(cand.any()):
                 return
             idx = torch.nonzero(cand)[:, 0]
-            raw, labels, coarse = raw[idx], labels[idx], coarse[idx]
+            raw, labels, coarse = raw.index_select(0, idx), labels[idx], coarse[idx]
             key_labels = key_labels[idx]
             row_scale = None if row_scale is None else row_scale[idx]
-            extra = None if extra is None else extra[idx]
+            extra = None if extra is None else extra.index_select(0, idx)
         fine = _column_hash(raw, key_labels, self.seed, _HASHED_DIMS) & 0xFFFFFFFF
         keys = (coarse << 32) | fine
         rows = raw if row_scale is None else raw * row_scale[:, None].to(raw.dtype)
@@ -135,9 +137,11 @@ class Reservoir:
             take = keys < self.keys.max()
             if not bool(take.any()):
                 return
-            keys = keys[take]
-            rows, labels = rows[take.to(rows.device)], labels[take.to(labels.device)]
-            extra = None if extra is None else extra[take.to(extra.device)]
+            idx = torch.nonzero(take)[:, 0]
+            keys = keys[idx]
+            rows = rows.index_select(0, idx.to(rows.device))
+            labels = labels.index_select(0, idx.to(labels.device))
+            extra = None if extra is None else extra.index_select(0, idx.to(extra.device))
         new_fields = {"rows": rows.detach().to("cpu", torch.float32), "labels": labels.cpu()}
         if extra is not None:
             new_fields["extra"] = extra.detach().to("cpu", torch.float32)
@@ -162,7 +166,7 @@ class Reservoir:
         keep = torch.argsort(all_keys, stable=True)[: self.capacity]
         new = keep[keep >= len(self)] - len(self)
         kept_old = torch.zeros(len(self), dtype=torch.bool)
-        kept_old[keep[keep < len(self)]] = True
+        kept_old.index_fill_(0, keep[keep < len(self)], True)
         if len(self) < self.capacity:
             for name in names:
                 old = getattr(self, name)
@@ -171,8 +175,8 @@ class Reservoir:
             return
         slots = torch.nonzero(~kept_old)[:, 0]
         for name in names:
-            getattr(self, name)[slots] = new_fields[name][new]
-        self.keys[slots] = keys[new]
+            getattr(self, name).index_copy_(0, slots, new_fields[name].index_select(0, new))
+        self.keys.index_copy_(0, slots, keys.index_select(0, new))
 
     def state(self) -> dict:
         return {
