@@ -739,15 +739,23 @@ def _merge_colstats(a: dict, b: dict) -> None:
     a["max"] = torch.maximum(a["max"], b["max"])
 
 
+def _top_directions(centred: torch.Tensor, k: int) -> torch.Tensor:
+    """The k leading principal directions [k, D] of centred rows, from the D x D scatter.
+
+    The eigensolver runs on one thread (see ``metrics.one_thread``).
+    """
+    with M.one_thread():
+        _, vecs = torch.linalg.eigh(centred.T @ centred)
+    return vecs[:, -k:].flip(1).T
+
+
 def _pca_view(x: torch.Tensor, y: torch.Tensor, values, seed: int, limit: int = 2000) -> dict:
     """2-D PCA coordinates of at most ``limit`` reservoir rows (the first by key order)."""
     x, y = x[:limit].double(), y[:limit]
     if len(x) < 3 or x.shape[1] < 2:
         return {"x": [], "y": [], "label": []}
     centred = x - x.mean(0)
-    # top two eigenvectors of the D x D scatter (cheaper than an SVD of the rows)
-    _, vecs = torch.linalg.eigh(centred.T @ centred)
-    v = vecs[:, -2:].flip(1).T
+    v = _top_directions(centred, 2)
     # fix the sign of each axis so the view does not flip between runs
     v = v * torch.sign(v[:, v.abs().argmax(dim=1)].diagonal())[:, None]
     xy = (centred @ v.T).numpy()
