@@ -71,16 +71,19 @@ def _class_sums_update(
     if row_sqnorms is None:
         row_sqnorms = torch.linalg.vector_norm(x, dim=1).double() ** 2 * weights.double() ** 2
     counts = torch.bincount(y, minlength=num_classes).to("cpu", torch.float64)
-    if num_classes <= _DENSE_CLASSES:
+    if num_classes <= 4:  # a matrix-vector product per class beats a GEMM with 2-4 rows
+        sums = torch.stack([(weights * (y == c)) @ x for c in range(num_classes)])
+    elif num_classes <= _DENSE_CLASSES:
         onehot = torch.zeros(num_classes, b, dtype=x.dtype, device=x.device)
-        onehot[y, torch.arange(b, device=x.device)] = weights
+        onehot.scatter_(0, y[None], weights[None])
+        sums = onehot @ x
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # sparse CSR is "beta"
             onehot = torch.sparse_coo_tensor(
                 torch.stack([y, torch.arange(b, device=x.device)]), weights, (num_classes, b)
             ).to_sparse_csr()
-    sums = onehot @ x
+        sums = onehot @ x
     sq = torch.zeros(num_classes, dtype=torch.float64, device=x.device).index_add_(
         0, y, row_sqnorms.double()
     )
