@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from embscope.cli.errors import UsageError, one_line
 from torch import nn
+
+from embscope.cli.errors import UsageError, one_line
 
 STATE_KEYS = ("state_dict", "model_state_dict", "model")
 CONFIG_KEYS = ("config", "hparams", "hyper_parameters")

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+
 from embscope.cli.checkpoint import check_readable_file, torch_load
 from embscope.cli.errors import UsageError, one_line
 

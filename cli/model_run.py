@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
+
 from embscope.cli.checkpoint import LoadedModel
 from embscope.cli.data import Batch
 from embscope.cli.errors import UsageError, one_line
-from torch import nn
 
 LABEL_PARAMETERS = ("labels", "label", "targets", "target", "y")
 EMBEDDING_KEYS = ("embedding", "embeddings", "features", "emb")

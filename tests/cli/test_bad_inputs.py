@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from embscope.cli.main import main
 
+from embscope.cli.main import main
 from tests.cli.conftest import Digits
 
 

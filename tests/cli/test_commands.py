@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from embscope.cli.main import main
 from embscope.diagnostics import Report, diagnose
-
 from tests.cli.conftest import Digits, reference
 
 

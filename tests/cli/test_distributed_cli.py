@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from embscope.cli import distributed as dcli
 from embscope.cli.main import main
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from embscope.cli.main import main
 
+from embscope.cli.main import main
 from tests.cli.conftest import Digits, reference, run_diagnose
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
+from torch import nn
+
 from embscope.cli.checkpoint import load_model
 from embscope.cli.data import EmbeddingFile, ImageOptions, open_inputs
 from embscope.cli.errors import UsageError
 from embscope.cli.model_run import ModelRunner
-from PIL import Image
-from torch import nn
-
 from tests.cli.conftest import Digits
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+
 from embscope.diagnostics import Diagnoser, Report
 from embscope.losses import ArcFaceHead
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from embscope.diagnostics.verification import far_key, roc_curve as our_roc
-from embscope.diagnostics.verification import verification_metrics
+from embscope.diagnostics.verification import far_key, verification_metrics
+from embscope.diagnostics.verification import roc_curve as our_roc
 
 
 def _sklearn_eer(g, i):
