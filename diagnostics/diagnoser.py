@@ -17,6 +17,7 @@ NAN = float("nan")
 SCHEMA = "embscope.report/1"
 MAX_COLUMN_KEYS = 16  # logit column statistics enter the flat metrics up to this many columns
 HIST_BINS_FINE = 1000  # one-vs-rest score histograms (multi-class KS resolution)
+MAX_PLOT_SERIES = 10  # per-class histograms in the report up to this many classes
 
 
 class Diagnoser:
@@ -431,13 +432,17 @@ class Diagnoser:
         edges = M.histogram_edges(self.bins)
         sections["histograms"] = {}
         mhist_edges = np.histogram_bin_edges(margin, bins=40)
+        yy = y.numpy()
+        series = (
+            {f"class {self._values[c]}": yy == c for c in range(k)}
+            if k <= MAX_PLOT_SERIES
+            else {"all samples": np.ones(len(yy), dtype=bool)}
+        )
         sections["histograms"]["margin"] = {
             "edges": mhist_edges.tolist(),
             "counts": {
-                f"class {self._values[c]}": np.histogram(margin[(y == c).numpy()], mhist_edges)[
-                    0
-                ].tolist()
-                for c in range(k)
+                name: np.histogram(margin[sel], mhist_edges)[0].tolist()
+                for name, sel in series.items()
             },
         }
         if self.num_columns <= 2:

@@ -32,6 +32,7 @@ def one_thread():
     finally:
         torch.set_num_threads(threads)
 
+
 # ----------------------------------------------------------------------------------------------
 # Geometry: per-class count, sum and sum of squared norms are all that Fisher ratio and the
 # intra/inter means need (closed forms, O(N * D), never the N x N matrix).

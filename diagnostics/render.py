@@ -138,7 +138,8 @@ def _hist_plot(h: dict, title: str, density: bool = True) -> bytes:
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(h.get("xlabel", ""))
     ax.set_ylabel("share of samples" if density else "count")
-    ax.legend(fontsize=8)
+    if len(h["counts"]) <= 10:
+        ax.legend(fontsize=8)
     return _png(fig)
 
 
@@ -204,18 +205,15 @@ def _pca_plot(pca: dict) -> bytes:
     fig, ax = _figure(4.5, 4.5)
     labels = np.asarray(pca["label"])
     uniq = np.unique(labels)
-    cmap = colormaps["tab10" if len(uniq) <= 10 else "viridis"]
-    for i, c in enumerate(uniq):
-        sel = labels == c
-        color = cmap(i % 10) if len(uniq) <= 10 else cmap(i / max(len(uniq) - 1, 1))
-        ax.scatter(
-            np.asarray(pca["x"])[sel],
-            np.asarray(pca["y"])[sel],
-            s=6,
-            color=color,
-            label=str(c) if len(uniq) <= 10 else None,
-            alpha=0.7,
-        )
+    xs, ys = np.asarray(pca["x"]), np.asarray(pca["y"])
+    if len(uniq) <= 10:
+        cmap = colormaps["tab10"]
+        for i, c in enumerate(uniq):
+            sel = labels == c
+            ax.scatter(xs[sel], ys[sel], s=6, color=cmap(i), label=str(c), alpha=0.7)
+    else:  # one call for many classes, coloured by class rank
+        rank = np.searchsorted(uniq, labels)
+        ax.scatter(xs, ys, s=6, c=rank, cmap=colormaps["viridis"], alpha=0.7)
     ax.set_title("2-D PCA of embeddings by class", fontsize=10)
     if len(uniq) <= 10:
         ax.legend(fontsize=7, markerscale=2)
