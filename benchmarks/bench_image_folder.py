@@ -110,8 +110,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8000)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, default=None, help="keep the images and model here")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="embscope-bench-img-"))
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="embscope-bench-img-"))
+    work.mkdir(parents=True, exist_ok=True)
     try:
         import torch
 
@@ -121,7 +123,8 @@ def main() -> None:
 
         torch.manual_seed(0)
         torch.save(build().state_dict(), work / "model.pt")
-        make_folder(work / "images", args.images, args.size)
+        if not (work / "images").exists():
+            make_folder(work / "images", args.images, args.size)
         bare = [sys.executable, "-c", BARE, str(work / "images"), str(work), str(work / "model.pt")]
         diag = [
             shutil.which("diagnose") or "diagnose",
@@ -149,7 +152,8 @@ def main() -> None:
         print("|---:|---:|---:|")
         print(f"| {b:.2f} | {d:.2f} | {100 * (d / b - 1):+.1f}% |")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -209,10 +209,18 @@ class ImageFolder:
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         workers = max(1, min(8, os.cpu_count() or 1))
+        starts = range(0, len(self.files), batch_size)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for start in range(0, len(self.files), batch_size):
+
+            def submit(start: int) -> list:
+                return [pool.submit(self._read, f) for f in self.files[start : start + batch_size]]
+
+            pending = submit(0) if len(starts) else []
+            for start in starts:
                 files = self.files[start : start + batch_size]
-                arrays = list(pool.map(self._read, files))
+                arrays = [future.result() for future in pending]
+                # decode the next batch while the caller runs the model on this one
+                pending = submit(start + batch_size) if start + batch_size < len(self.files) else []
                 for file, array in zip(files, arrays, strict=True):
                     self._check_size(file, array)
                 inputs = torch.from_numpy(self._normalise(np.stack(arrays)))
