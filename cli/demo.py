@@ -20,12 +20,11 @@ The same pieces serve the scripts in ``examples/`` and ``benchmarks/advice_check
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from embscope.diagnostics.metrics import one_thread
 
 DEMO_EPOCHS = 20
 DEMO_ARCFACE = {"m": 0.2, "s": 16.0}
@@ -404,19 +405,8 @@ def run_demo(
             "pass --force to replace it, or choose another --out",
         )
 
-    with _one_thread():
+    with one_thread():  # small models train fastest on one thread
         return _train_diagnose_write(out, force=force, epochs=epochs, seed=seed)
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Models this small train fastest on one thread (and leave the other cores alone)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train_diagnose_write(out: Path, *, force: bool, epochs: int, seed: int) -> int:

@@ -15,29 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from embscope.cli.errors import UsageError
+from embscope.diagnostics.render import KEY_METRICS
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
 PLOTS = "plots"
-SUMMARY_METRICS = (
-    "n",
-    "num_classes",
-    "accuracy",
-    "f1",
-    "macro_f1",
-    "score_ks",
-    "score_hellinger",
-    "fisher_ratio",
-    "intra_inter_ratio",
-    "pair_ks",
-    "recall_at_1",
-    "map_at_r",
-    "eer",
-    "margin_median",
-    "gray_zone_fraction",
-    "pred_positive_rate",
-    "head.s",
-    "head.m",
-)
 
 
 def check_out_dir(out: Path, *, force: bool) -> None:
@@ -125,7 +106,7 @@ def fmt(value: float) -> str:
 
 def summary_text(report: Any, *, files: list[Path] | None = None, notes: list[str] = ()) -> str:
     """The stdout summary: key metrics (with which way is better), recommendations, files."""
-    shown = [name for name in SUMMARY_METRICS if name in report.metrics]
+    shown = [name for name in KEY_METRICS if name in report.metrics]
     rows = [(name, report.metrics[name]) for name in shown if not math.isnan(report.metrics[name])]
     undefined = [name for name in shown if math.isnan(report.metrics[name])]
     width = max((len(name) for name, _ in rows), default=6)
