@@ -180,7 +180,7 @@ def head_health(
         near 0 (within 3 / sqrt(D), the spread of random directions) the weights ignore the
         data, near 1 they point at it.
     head.dead_class_count: classes present in the labels that are never the argmax.
-    head.looks_untrained: 1 when the alignment is under min(3 / sqrt(D), 0.3) or the weights
+    head.looks_untrained: 1 when the alignment is under min(3 / sqrt(D), 0.5) or the weights
         were missing.
     """
     w = params.weight.detach().double().cpu()
@@ -208,7 +208,7 @@ def head_health(
         alignment = NAN
         reasons["head.centroid_alignment"] = "no class of the head occurs in the labels"
     out["head.centroid_alignment"] = alignment
-    chance = min(3.0 / math.sqrt(w.shape[1]), 0.3)
+    chance = min(3.0 / math.sqrt(w.shape[1]), 0.5)
     untrained = missing or (not math.isnan(alignment) and alignment < chance)
     out["head.looks_untrained"] = 1.0 if untrained else 0.0
     if missing:
@@ -216,7 +216,7 @@ def head_health(
     elif untrained:
         reasons["head.looks_untrained"] = (
             f"class weights align with their class means no better than chance "
-            f"(mean cos {alignment:.3f} < min(3/sqrt(D), 0.3) = {chance:.3f})"
+            f"(mean cos {alignment:.3f} < min(3/sqrt(D), 0.5) = {chance:.3f})"
         )
     if predicted_counts is not None:
         pc = predicted_counts[:k]
