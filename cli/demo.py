@@ -134,11 +134,7 @@ def digits_binary(
     val_fraction : float in (0, 1)
     """
     positive_keep = _check_fraction(positive_keep, "positive_keep")
-    val_fraction = _check_fraction(val_fraction, "val_fraction")
-    if val_fraction >= 1:
-        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction!r}")
-    if not isinstance(noise, (int, float)) or not noise >= 0:
-        raise ValueError(f"noise must be a number >= 0, got {noise!r}")
+    val_fraction = _check_split(val_fraction, noise)
     x, digit = _load_digits()
     rng = np.random.default_rng(seed)
     y = digit % 2
@@ -150,6 +146,16 @@ def digits_binary(
     x, y, digit = x[keep], y[keep], digit[keep]
     x = x + rng.normal(0.0, noise, size=x.shape) if noise > 0 else x
     return _split(x, y, digit, index, val_fraction=val_fraction, rng=rng)
+
+
+def _check_split(val_fraction: float, noise: float) -> float:
+    """The shared arguments of the digits tasks; returns the validated val_fraction."""
+    val_fraction = _check_fraction(val_fraction, "val_fraction")
+    if val_fraction >= 1:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction!r}")
+    if not isinstance(noise, (int, float)) or not noise >= 0:
+        raise ValueError(f"noise must be a number >= 0, got {noise!r}")
+    return val_fraction
 
 
 def digits_multiclass(
@@ -172,11 +178,7 @@ def digits_multiclass(
         ``[1, 1, 1, 1, 1, 1, 1, 1, 0.05, 0.05]`` leaves about 9 samples each of 8 and 9.
     val_fraction : float in (0, 1)
     """
-    val_fraction = _check_fraction(val_fraction, "val_fraction")
-    if val_fraction >= 1:
-        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction!r}")
-    if not isinstance(noise, (int, float)) or not noise >= 0:
-        raise ValueError(f"noise must be a number >= 0, got {noise!r}")
+    val_fraction = _check_split(val_fraction, noise)
     x, digit = _load_digits()
     rng = np.random.default_rng(seed)
     keep = np.ones(len(digit), dtype=bool)

@@ -32,4 +32,5 @@ def test_cuda_report_equals_cpu_report(k):
                 torch.as_tensor(z[a : a + 700], device=device),
             )
         reports.append(d.compute())
+    assert reports[1].metrics["n"] == 3000
     same_metrics(reports[0].metrics, reports[1].metrics, rel=1e-4, abs_=1e-5)
