@@ -32,4 +32,8 @@ def data():
 
 @pytest.fixture(autouse=True)
 def _threads():
+    """Small inputs run fastest on one thread; the count is restored for other test modules."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
