@@ -623,12 +623,12 @@ class Diagnoser:
                 reasons[key] = "needs same-class and different-class pairs"
             return
         g, i = ps.genuine.astype(np.float64), ps.impostor.astype(np.float64)
-        metrics["pair_ks"] = M.ks_distance(g, i)
+        v = verification_metrics(g, i)
+        metrics["pair_ks"] = v.ks  # from the ROC's one sort (max |TAR - FAR|)
         edges = M.histogram_edges(self.bins, -1.0, 1.0)
         hg = np.histogram(np.clip(g, -1, 1), edges)[0]
         hi = np.histogram(np.clip(i, -1, 1), edges)[0]
         metrics["pair_hellinger"] = M.hellinger_from_counts(hg, hi)
-        v = verification_metrics(g, i)
         metrics.update(v.to_dict())
         for note_key, note in (getattr(v, "notes", None) or {}).items():
             reasons.setdefault(str(note_key), str(note))

@@ -91,6 +91,9 @@ class VerificationResult:
         scikit-learn's ``roc_auc_score``.
     n_genuine, n_impostor : numbers of scores.
     notes : {metric key: why it is nan}.
+    ks : two-sample Kolmogorov-Smirnov statistic between the genuine and impostor scores,
+        max |TAR - FAR| over the ROC points (the same number as ``scipy.stats.ks_2samp``),
+        in [0, 1], higher is better.
     """
 
     eer: float
@@ -100,6 +103,7 @@ class VerificationResult:
     n_genuine: int
     n_impostor: int
     notes: dict[str, str] = field(default_factory=dict)
+    ks: float = NAN
 
     higher_is_better: ClassVar[dict[str, bool]] = {
         "eer": False,
@@ -160,7 +164,8 @@ def verification_metrics(
         else:
             tars[far] = float(tpr[np.searchsorted(fpr, far, side="right") - 1])
     auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
-    return VerificationResult(eer, float(thr[k]), tars, auc, len(g), len(i), notes)
+    ks = float(np.max(np.abs(tpr - fpr)))
+    return VerificationResult(eer, float(thr[k]), tars, auc, len(g), len(i), notes, ks)
 
 
 def roc_curve(genuine, impostor, *, max_points: int = 200) -> dict[str, list[float]]:

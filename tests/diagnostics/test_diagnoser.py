@@ -308,3 +308,21 @@ def test_wide_logits_are_scored_on_the_reservoir():
     assert r.sampled["score_ks"]["exact"] is True
     off = diagnose(x, y, z, reservoir_size=0)
     assert math.isnan(off.metrics["score_ks"]) and "reservoir" in off.reasons["score_ks"]
+
+
+def test_vector_metrics_in_the_report_match_brute_force():
+    from scipy.stats import ks_2samp
+
+    x, y = blobs(n=300, d=6, k=3, seed=11)
+    r = diagnose(x, y)  # 300 rows: the reservoir, pair and retrieval subsets hold every sample
+    xs = x.astype(np.float64) / np.linalg.norm(x, axis=1, keepdims=True)
+    sim = xs @ xs.T
+    iu = np.triu_indices(300, 1)
+    same = (y[:, None] == y[None, :])[iu]
+    gen, imp = sim[iu][same], sim[iu][~same]
+    assert r.metrics["pair_ks"] == pytest.approx(ks_2samp(gen, imp).statistic, abs=1e-5)
+    np.fill_diagonal(sim, -np.inf)
+    nearest = sim.argmax(1)
+    assert r.metrics["recall_at_1"] == pytest.approx(np.mean(y[nearest] == y))
+    assert r.sampled["pair_ks"]["exact"] and r.sampled["recall_at_1"]["exact"]
+    assert r.sampled["recall_at_1"]["sample_size"] == 300

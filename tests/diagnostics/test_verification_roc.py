@@ -33,6 +33,16 @@ def test_eer_tar_auc_match_sklearn(seed):
     assert r.auc == pytest.approx(roc_auc_score(y, np.r_[gen, imp]), abs=1e-12)
 
 
+def test_ks_from_the_roc_matches_scipy():
+    from scipy.stats import ks_2samp
+
+    g_ = np.random.default_rng(4)
+    gen = np.round(g_.normal(0.5, 1.0, 700), 1)  # ties within and across the two samples
+    imp = np.round(g_.normal(0.0, 1.0, 900), 1)
+    r = verification_metrics(gen, imp)
+    assert r.ks == pytest.approx(ks_2samp(gen, imp).statistic, abs=1e-12)
+
+
 def test_by_hand():
     perfect = verification_metrics([0.9, 0.8], [0.1, 0.2, 0.3], fars=(0.5,))
     assert perfect.eer == pytest.approx(0.0)
