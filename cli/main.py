@@ -19,6 +19,7 @@ import argparse
 import os
 import re
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Iterator, Sequence
@@ -398,6 +399,20 @@ def _diagnose_embeddings(args: argparse.Namespace) -> tuple[Any, list[str]]:
     return replace(report, meta={**report.meta, "source": meta}), []
 
 
+def _warm_plotting() -> None:
+    """Import the plotting backend on a thread while the model runs (about 0.5 s that the
+    report would otherwise spend at the end); any failure surfaces later, where it is used."""
+
+    def load() -> None:
+        try:
+            import matplotlib.backends.backend_agg  # noqa: F401
+            import matplotlib.figure  # noqa: F401
+        except Exception:  # the report's own import reports it
+            pass
+
+    threading.Thread(target=load, name="embscope-warm-plotting", daemon=True).start()
+
+
 def _diagnose_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
     from embscope.cli.checkpoint import load_model
     from embscope.cli.data import ImageOptions, open_inputs
@@ -431,6 +446,7 @@ def _diagnose_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
         raise UsageError(data_path, "holds no samples", "pass labelled data")
     leak = runner.probe_margin_leak(first)
     diagnoser = _diagnoser(args, head=runner.head, margin_leak=leak)
+    _warm_plotting()
     with _progress(len(data), "sample") as bar:
         for batch in chain([first], batches):
             outputs = runner(batch)
