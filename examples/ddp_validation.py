@@ -41,6 +41,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from embscope.cli.output import write_report
 from embscope.diagnostics import Diagnoser
 from embscope.losses import ArcFaceHead
 
@@ -136,10 +137,7 @@ def run(rank: int, world: int, args: argparse.Namespace, device: torch.device) -
             print(f"  [{rec.severity}] {rec.action}: {rec.reason}")
         if args.out:
             out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "report.json").write_text(report.to_json())
-            (out / "report.md").write_text(report.to_markdown())
-            (out / "report.html").write_text(report.to_html())
+            write_report(report, out, force=True)  # this script's own folder
             print(f"report: {out / 'report.html'}")
 
 

@@ -27,15 +27,9 @@ from pathlib import Path
 import torch
 
 from embscope.cli.demo import DigitsNet, LeakyMarginNet, diagnose_model, digits_binary, train
+from embscope.cli.output import write_report
 from embscope.diagnostics import compare, recommend
 from embscope.losses import ArcFaceHead, BCEHead
-
-
-def save(report, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(report.to_json())
-    (folder / "report.md").write_text(report.to_markdown())
-    (folder / "report.html").write_text(report.to_html())
 
 
 def main() -> None:
@@ -75,7 +69,7 @@ def main() -> None:
             (args.out / f"comparison_{name}.md").write_text(
                 f"# bce (A) vs {name} (B)\n\n" + comparison.to_markdown()
             )
-        save(report, args.out / name)
+        write_report(report, args.out / name, force=True)  # this script's own folder
         m = report.metrics
         print(
             f"\n{name}: f1 {m['f1']:.3f}, score KS {m['score_ks']:.3f}, "

@@ -24,15 +24,9 @@ from pathlib import Path
 import torch
 
 from embscope.cli.demo import DigitsNet, diagnose_model, digits_binary, train
+from embscope.cli.output import write_report
 from embscope.diagnostics import compare
 from embscope.losses import BCEHead, FocalLoss
-
-
-def save(report, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(report.to_json())
-    (folder / "report.md").write_text(report.to_markdown())
-    (folder / "report.html").write_text(report.to_html())
 
 
 def focal(alpha: float, gamma: float = 2.0):
@@ -68,7 +62,7 @@ def main() -> None:
             train(model, split, epochs=epochs, seed=0, loss=loss)
         report = diagnose_model(model, split.x_val, split.y_val, ids=split.ids_val)
         reports[name] = report
-        save(report, args.out / name)
+        write_report(report, args.out / name, force=True)  # this script's own folder
         if name != "bce":
             (args.out / f"comparison_{name}.md").write_text(
                 f"# bce (A) vs {name} (B)\n\n" + compare(reports["bce"], report).to_markdown()

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from embscope.cli.demo import digits_multiclass, train
+from embscope.cli.output import write_report
 from embscope.diagnostics import diagnose
 from embscope.losses import FUSION_PRESETS, FusionLoss
 
@@ -51,13 +52,6 @@ class TwoViewNet(nn.Module):
         attention = torch.softmax(self.gate(torch.cat([a, b], dim=1)), dim=1)  # [B, 2]
         fused = attention[:, :1] * a + attention[:, 1:] * b
         return fused, self.classifier(fused), (a, b, attention)
-
-
-def save(report, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(report.to_json())
-    (folder / "report.md").write_text(report.to_markdown())
-    (folder / "report.html").write_text(report.to_html())
 
 
 def main() -> None:
@@ -102,7 +96,7 @@ def main() -> None:
         with torch.no_grad():
             fused, logits, (_, _, attention) = model(split.x_val)
         report = diagnose(fused, split.y_val, logits, ids=split.ids_val)
-        save(report, args.out / preset)
+        write_report(report, args.out / preset, force=True)  # this script's own folder
         m = report.metrics
         terms = ", ".join(f"{k} {v:.3f}" for k, v in terms_seen.items() if v)
         lines.append(

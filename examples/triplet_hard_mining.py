@@ -35,15 +35,9 @@ import torch
 from torch import nn
 
 from embscope.cli.demo import DigitsNet, digits_multiclass, embed, train
+from embscope.cli.output import write_report
 from embscope.diagnostics import compare, diagnose
 from embscope.losses import TripletLoss
-
-
-def save(report, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(report.to_json())
-    (folder / "report.md").write_text(report.to_markdown())
-    (folder / "report.html").write_text(report.to_html())
 
 
 def random_triplets(margin: float):
@@ -100,7 +94,7 @@ def main() -> None:
         embedding, _ = embed(model, split.x_val)
         report = diagnose(embedding, split.y_val, ids=split.ids_val)
         reports[name] = report
-        save(report, args.out / name)
+        write_report(report, args.out / name, force=True)  # this script's own folder
         m = report.metrics
         print(
             f"{name}: recall@1 {m['recall_at_1']:.3f}, MAP@R {m['map_at_r']:.3f}, "
