@@ -72,11 +72,7 @@ def check_batch(
     if torch.is_floating_point(y):
         if not bool(torch.all(y == torch.round(y))):
             raise ValueError("labels must be integers, got non-integer floating-point values")
-        y = y.long()
-    elif y.dtype == torch.bool:
-        y = y.long()
-    else:
-        y = y.long()
+    y = y.long()
     y = y.to(x.device)
     z = None
     if logits is not None:
