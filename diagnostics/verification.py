@@ -66,11 +66,17 @@ def _roc(genuine: np.ndarray, impostor: np.ndarray) -> tuple[np.ndarray, np.ndar
     drop_intermediate=False)`` points.
     """
     g, i = np.sort(genuine), np.sort(impostor)
-    thr = np.unique(np.concatenate([g, i]))[::-1]
-    tp = len(g) - np.searchsorted(g, thr, side="left")
-    fp = len(i) - np.searchsorted(i, thr, side="left")
-    tpr = np.concatenate([[0.0], tp / len(g)])
-    fpr = np.concatenate([[0.0], fp / len(i)])
+    n_g, n_i = len(g), len(i)
+    # merging the two sorted runs: a stable argsort of their concatenation is a linear merge
+    order = np.argsort(np.concatenate([g, i]), kind="stable")
+    v = np.concatenate([g, i])[order]  # ascending
+    first = np.flatnonzero(np.concatenate([[True], v[1:] != v[:-1]]))  # each distinct score
+    below_g = np.concatenate([[0], np.cumsum(order < n_g)])[first]  # genuine scores below it
+    tp = n_g - below_g
+    fp = n_i - (first - below_g)
+    thr = v[first][::-1]
+    tpr = np.concatenate([[0.0], tp[::-1] / n_g])
+    fpr = np.concatenate([[0.0], fp[::-1] / n_i])
     return fpr, tpr, np.concatenate([[np.inf], thr])
 
 
