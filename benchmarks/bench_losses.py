@@ -18,14 +18,20 @@ Usage::
 
     python benchmarks/bench_losses.py                  # CPU, float32 and bfloat16 autocast
     python benchmarks/bench_losses.py --device cuda    # the same on a GPU
+    python benchmarks/bench_losses.py --overhead       # host overhead: B 8, D 8, C 2, 1 thread
+
+The ``--overhead`` table is the CPU proxy for a GPU's launch-bound regime: at tiny shapes every
+step's time is Python, dispatcher and autograd bookkeeping, which is what a GPU step at batch
+512 costs whatever C (every GPU cell in benchmarks/README.md is 1.5 to 2.5 ms).
 
 Goals (performance issue): ArcFace within 1.2x of the floor at C = 10000 and at most 0.7x of
-PML's time at C = 2.
+PML's time at C = 2 (and in the overhead table).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import statistics
 import sys
@@ -82,11 +88,19 @@ def check_agreement(ours, pml, x, y) -> None:
                 )
 
 
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype``, or no context at all for float32 (entering a disabled
+    autocast costs microseconds, which the overhead table would count)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def step_ours(head, x, y, autocast: torch.dtype | None, fused: bool) -> Callable[[], None]:
     def run() -> None:
         head.weight.grad = None
         x.grad = None
-        with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+        with autocast_context(x.device, autocast):
             loss = head.loss(x, y) if fused else F.cross_entropy(head(x, y), y)
         loss.backward()
 
@@ -97,7 +111,7 @@ def step_pml(ref, x, y, autocast: torch.dtype | None) -> Callable[[], None]:
     def run() -> None:
         ref.W.grad = None
         x.grad = None
-        with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+        with autocast_context(x.device, autocast):
             loss = ref(x, y)
         loss.backward()
 
@@ -133,6 +147,40 @@ def time_round_robin(
     return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
 
 
+def overhead(args: argparse.Namespace) -> int:
+    """The host-overhead table: a tiny step on one CPU thread, where the time is all Python,
+    dispatcher and autograd bookkeeping, the part that bounds a GPU step at any C."""
+    torch.set_num_threads(1)
+    device = torch.device("cpu")
+    batch, dim, classes = args.overhead_shape
+    print(
+        f"# margin heads, host overhead: forward + backward, batch {batch}, D {dim}, "
+        f"C {classes}, CPU, 1 thread, torch {torch.__version__}; median of "
+        f"{args.overhead_repeats} rounds after {args.overhead_warmup} warm-up; us"
+    )
+    print()
+    print("| head | head+CE | head.loss | PML | head+CE / PML | head.loss / PML |")
+    print("|---|---:|---:|---:|---:|---:|")
+    ours, pml = make_models(dim, classes, device)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    x = torch.randn(batch, dim, generator=g).requires_grad_(True)
+    y = torch.randint(0, classes, (batch,), generator=g)
+    check_agreement(ours, pml, x, y)
+    steps: dict[str, Callable[[], None]] = {}
+    for name in ours:
+        steps[f"ce:{name}"] = step_ours(ours[name], x, y, None, fused=False)
+        steps[f"loss:{name}"] = step_ours(ours[name], x, y, None, fused=True)
+        steps[f"pml:{name}"] = step_pml(pml[name], x, y, None)
+    ms = time_round_robin(steps, device, args.overhead_warmup, args.overhead_repeats)
+    for name in ours:
+        a, fused, b = ms[f"ce:{name}"], ms[f"loss:{name}"], ms[f"pml:{name}"]
+        print(
+            f"| {name} | {1e3 * a:.0f} | {1e3 * fused:.0f} | {1e3 * b:.0f} | {a / b:.2f} | "
+            f"{fused / b:.2f} |"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -143,7 +191,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 rows")
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="time only the host-overhead proxy: tiny shapes, CPU, one thread",
+    )
+    parser.add_argument(
+        "--overhead-shape", type=int, nargs=3, default=[8, 8, 2], metavar=("B", "D", "C")
+    )
+    parser.add_argument("--overhead-warmup", type=int, default=30)
+    parser.add_argument("--overhead-repeats", type=int, default=300)
     args = parser.parse_args(argv)
+    if args.overhead:
+        return overhead(args)
 
     device = torch.device(args.device)
     if args.threads:
