@@ -239,6 +239,25 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
         assert flag in out
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--batch-size", "0", "must be a positive integer, got '0'"),
+        ("--batch-size", "2.5", "must be a positive integer, got '2.5'"),
+        ("--reservoir-size", "-1", "must be an integer >= 0, got '-1'"),
+        ("--tolerance", "nan", "must be a number >= 0, got 'nan'"),
+        ("--tolerance", "-0.1", "must be a number >= 0, got '-0.1'"),
+        ("--tolerance", "tight", "must be a number >= 0, got 'tight'"),
+    ],
+)
+def test_bad_numbers_are_one_line_exit_2(
+    flag: str, value: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(tmp_path / "model.pt", tmp_path, flag, value) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and flag in err[0] and expected in err[0], err
+
+
 def test_exported_program_with_a_static_batch_on_npz(digits: Digits, tmp_path: Path) -> None:
     out = tmp_path / "exported"
     # Batches of 50 are cut into the traced 32 and padded; 1797 = 35 * 50 + 47.
