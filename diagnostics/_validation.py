@@ -12,14 +12,15 @@ SPACES = ("cosine", "euclidean")
 
 
 def as_tensor(x, name: str) -> torch.Tensor:
-    """Convert an array-like to a tensor without copying where possible."""
+    """Convert an array-like of numbers to a tensor without copying where possible."""
     if isinstance(x, torch.Tensor):
         return x.detach()
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x))
-    if isinstance(x, (list, tuple)):
-        return torch.as_tensor(np.asarray(x))
-    raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if isinstance(x, (np.ndarray, list, tuple)):
+        arr = np.ascontiguousarray(x)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold numbers, got {arr.dtype} values")
+        return torch.from_numpy(arr)
+    raise TypeError(f"{name} must be a torch.Tensor, numpy array or list, got {type(x).__name__}")
 
 
 def check_space(space: str) -> str:

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._validation import SPACES, as_tensor
+
 NAN = float("nan")
-SPACES = ("cosine", "euclidean")
 _NEG_INF = float("-inf")
 
 
@@ -59,20 +60,9 @@ class RetrievalResult:
 # ----------------------------------------------------------------------------------------------
 
 
-def _as_tensor(x, name: str) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x.detach()
-    if isinstance(x, (np.ndarray, list, tuple)):
-        arr = np.ascontiguousarray(x)
-        if arr.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must hold numbers, got {arr.dtype} values")
-        return torch.from_numpy(arr)
-    raise TypeError(f"{name} must be a torch.Tensor, numpy array or list, got {type(x).__name__}")
-
-
 def _check_embeddings(embeddings, device=None) -> torch.Tensor:
     """[N, D] finite real values -> float32 tensor on ``device`` (default: where it lives)."""
-    x = _as_tensor(embeddings, "embeddings")
+    x = as_tensor(embeddings, "embeddings")
     if x.ndim != 2:
         raise ValueError(f"embeddings must be 2-D [N, D], got shape {tuple(x.shape)}")
     if x.shape[0] == 0 or x.shape[1] == 0:
@@ -97,7 +87,7 @@ def _check_embeddings(embeddings, device=None) -> torch.Tensor:
 
 def _check_labels(labels, n: int, device: torch.device) -> torch.Tensor:
     """[N] integers of any values -> int64 class codes 0..C-1 on ``device``."""
-    y = _as_tensor(labels, "labels")
+    y = as_tensor(labels, "labels")
     if y.ndim != 1 or y.shape[0] != n:
         raise ValueError(
             f"labels must be 1-D with one entry per embedding row ([{n}]), "

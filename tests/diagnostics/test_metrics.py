@@ -192,5 +192,5 @@ def test_bad_inputs_name_the_argument():
         fisher_ratio(np.zeros((2, 2)), [0, 1], space="manhattan")
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         prediction_margins(np.zeros((2, 3)), [0, 3])
-    with pytest.raises(TypeError, match="embeddings must be a torch.Tensor or numpy array"):
+    with pytest.raises(TypeError, match="embeddings must be a torch.Tensor, numpy array or list"):
         fisher_ratio("x", [0])
