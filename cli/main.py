@@ -435,6 +435,9 @@ def _diagnose_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
     if first is None:
         raise UsageError(data_path, "holds no samples", "pass labelled data")
     leak = runner.probe_margin_leak(first)
+    probed = leak is not None
+    if not probed:  # labels never reach the model: its logits cannot carry a label's margin
+        leak = False
     diagnoser = _diagnoser(args, head=runner.head, margin_leak=leak)
     _warm_plotting()
     with _progress(len(data), "sample") as bar:
@@ -455,12 +458,12 @@ def _diagnose_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
         "checkpoint_kind": loaded.kind,
         "data": str(data_path),
         "embedding": runner.embedding_source,
-        "margin_leak_probed": leak is not None,
+        "margin_leak_probed": probed,
         "device": str(device),
     }
     notes = [f"\nembedding: {runner.embedding_source}"]
-    if leak is None:
-        notes.append("margin leak: not probed (forward takes no labels)")
+    if not probed:
+        notes.append("margin leak: none possible (forward takes no labels)")
     return replace(report, meta={**report.meta, "source": meta}), notes
 
 

@@ -108,6 +108,30 @@ def test_two_class_arcface_with_s64_yields_decrease_scale(
     assert "fix_eval_margin" not in actions(report)
 
 
+def test_collapse_of_a_model_without_labels_points_at_the_head_not_the_margin(
+    digits: Digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A plain classifier (forward takes no labels) whose bias sends every sample to class 1:
+    # the seed's symptom, but no margin can have reached its eval logits.
+    monkeypatch.chdir(digits.root)
+    torch.manual_seed(4)
+    net = digits.module.make_net(hidden=16, num_classes=2)
+    with torch.no_grad():
+        net.classifier.bias.copy_(torch.tensor([-50.0, 50.0]))
+    checkpoint = tmp_path / "collapsed.pt"
+    torch.save({"model": net.state_dict(), "config": {"hidden": 16, "num_classes": 2}}, checkpoint)
+    out = tmp_path / "collapsed"
+    assert run(checkpoint, digits.binary_x, "--model", "digits_model:make_net", "--out", out) == 0
+    report = read(out)
+    assert report["metrics"]["pred_positive_rate"] == 1.0
+    assert report["metrics"]["head.margin_leak"] == 0.0
+    assert report["meta"]["source"]["margin_leak_probed"] is False
+    found = actions(report)
+    assert "fix_eval_margin" not in found
+    assert found["check_head"]["severity"] == "warning"
+    assert "pred_positive_rate" in found["check_head"]["evidence"]
+
+
 def test_precomputed_embeddings_match_the_one_shot_report(
     embeddings: dict[str, object], tmp_path: Path
 ) -> None:
