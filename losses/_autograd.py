@@ -13,14 +13,22 @@ more than its three matrix products (measured in ``benchmarks/bench_losses.py``)
   a probability, one-hot or gradient matrix: ``softmax = exp / sum`` enters the products as a
   per-row factor on the ``[B, D]`` side and the ``-1`` at the targets is a correction too.
 
-The margin itself, ``fn`` (a head's ``_target_logit``), is differentiated by autograd on the
-``B`` target cosines only, in float32 (float64 for float64 inputs). Under autocast the matrix
-products run in the autocast dtype and everything else in float32. Only one backward pass is
-supported (``once_differentiable``); double backward raises.
+The margin itself is either ``fn`` (a head's ``_target_logit``), differentiated by autograd on
+the ``B`` target cosines only, or ``slope_fn``, which returns the margin's value and derivative
+in one call of plain tensor operations (a head's ``_target_logit_and_slope``); a slope of
+``None`` means 1 everywhere (CosFace), and then the margin adds no correction at all. Both run
+in float32 (float64 for float64 inputs). Under autocast the matrix products run in the autocast
+dtype and everything else in float32. Only one backward pass is supported (double backward
+raises).
+
+A step at small sizes (and any step on a GPU, which launches the same ~60 kernels whatever the
+sizes) costs the host's Python and dispatcher time, so the code avoids operations that do
+nothing: no ``.to()`` to the same dtype, no disabled-autocast context unless autocast is on.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -29,14 +37,34 @@ from torch.autograd.function import once_differentiable
 _NORM_EPS = 1e-12  # as F.normalize
 
 MarginFn = Callable[[torch.Tensor], torch.Tensor]
+SlopeFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 
-def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
     """float32 for half inputs, float64 if any input is float64."""
     dtype = torch.float32
-    for t in tensors:
-        dtype = torch.promote_types(dtype, t.dtype)
+    for d in dtypes:
+        dtype = torch.promote_types(dtype, d)
     return dtype
+
+
+def _to(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)`` without dispatching the no-op case."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _once_differentiable(fn):
+    """``once_differentiable`` without its ``no_grad`` context in the usual case: a backward
+    runs with grad mode off unless the caller asked for ``create_graph``."""
+    guarded = once_differentiable(fn)
+
+    @functools.wraps(fn)
+    def wrapper(ctx, *args):
+        if torch.is_grad_enabled():
+            return guarded(ctx, *args)
+        return fn(ctx, *args)
+
+    return wrapper
 
 
 def _forward(
@@ -46,84 +74,105 @@ def _forward(
     labels: torch.Tensor | None,
     scale: float,
     fn: MarginFn | None,
-    track: bool,
-) -> torch.Tensor:
-    """``s * cos``, with the margin on the targets when ``fn`` is given; stores what the backward
-    needs on ``ctx`` (``labels`` is kept for the backward corrections even without ``fn``)."""
+    slope_fn: SlopeFn | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``s * cos``, with the margin on the targets when ``fn`` or ``slope_fn`` is given; also
+    the target logits ``[B, 1]`` (compute dtype; ``None`` without margin) and the ``[B, 1]``
+    index of the targets (``None`` without labels). With a ``ctx``, stores what the backward
+    needs on it (``labels`` is kept for the corrections even without margin)."""
     device_type = x.device.type
-    cdt = _compute_dtype(x, weight)
     if torch.is_autocast_enabled(device_type):
         mm_dtype = torch.get_autocast_dtype(device_type)
-    else:
-        mm_dtype = torch.promote_types(x.dtype, weight.dtype)
-    with torch.autocast(device_type, enabled=False):
-        xf, wf = x.to(cdt), weight.to(cdt)
-        x_norm = torch.linalg.vector_norm(xf, dim=1, keepdim=True).clamp_min_(_NORM_EPS)
-        w_norm = torch.linalg.vector_norm(wf, dim=1, keepdim=True).clamp_min_(_NORM_EPS)
-        s_over_norm = scale / x_norm
-        xs = xf * s_over_norm  # s * x / |x|
-        wn = wf / w_norm
-        xs_mm, wn_mm = xs.to(mm_dtype), wn.to(mm_dtype)
-        logits = torch.mm(xs_mm, wn_mm.T)
-        margin = None
-        if fn is not None:
-            index = labels.unsqueeze(1)
-            cos = logits.gather(1, index).squeeze(1).to(cdt).div_(scale)
-            if track:
+        with torch.autocast(device_type, enabled=False):
+            return _forward_body(ctx, x, weight, labels, scale, fn, slope_fn, mm_dtype)
+    mm_dtype = torch.promote_types(x.dtype, weight.dtype)
+    return _forward_body(ctx, x, weight, labels, scale, fn, slope_fn, mm_dtype)
+
+
+def _forward_body(ctx, x, weight, labels, scale, fn, slope_fn, mm_dtype):
+    cdt = _compute_dtype(x.dtype, weight.dtype)
+    xf, wf = _to(x, cdt), _to(weight, cdt)
+    x_norm = torch.linalg.vector_norm(xf, dim=1, keepdim=True).clamp_min_(_NORM_EPS)
+    w_norm = torch.linalg.vector_norm(wf, dim=1, keepdim=True).clamp_min_(_NORM_EPS)
+    s_over_norm = scale / x_norm
+    xs = xf * s_over_norm  # s * x / |x|
+    wn = wf / w_norm
+    xs_mm, wn_mm = _to(xs, mm_dtype), _to(wn, mm_dtype)
+    logits = torch.mm(xs_mm, wn_mm.T)
+    margin = slope = target = index = None
+    if labels is not None:
+        index = labels.unsqueeze(1)
+        if fn is not None or slope_fn is not None:
+            cos = _to(logits.gather(1, index), cdt).div_(scale)  # [B, 1]
+            if slope_fn is not None:
+                psi, slope = slope_fn(cos)
+            elif ctx is not None:
                 with torch.enable_grad():
-                    leaf = cos.detach().requires_grad_(True)
+                    leaf = cos.view(-1).detach().requires_grad_(True)
                     modified = fn(leaf)
                 margin = (leaf, modified)
+                psi = modified.detach().view(-1, 1)
             else:
-                modified = fn(cos)
-            logits.scatter_(1, index, (modified.detach() * scale).to(logits.dtype).unsqueeze(1))
-    if track:
-        ctx.save_for_backward(xs, xs_mm, s_over_norm, wf, w_norm, labels)
+                psi = fn(cos.view(-1)).view(-1, 1)
+            target = psi * scale
+            logits.scatter_(1, index, _to(target, logits.dtype))
+    if ctx is not None:
+        ctx.save_for_backward(xs, xs_mm, s_over_norm, wf, w_norm, labels, index)
         # not saved tensors: the backward reuses wn's memory as scratch (see _normalized_weights)
         ctx.wn = (wn, wn_mm)
         ctx.margin = margin
+        ctx.slope = slope
         ctx.scale = scale
-        ctx.dtypes = (x.dtype, weight.dtype, mm_dtype)
-    return logits
+        ctx.dtypes = (x.dtype, weight.dtype, mm_dtype, cdt)
+    return logits, target, index
 
 
 def _backward(
     ctx,
+    saved: tuple[torch.Tensor, ...],
     grad_logits: torch.Tensor,
     delta: torch.Tensor | None,
-    grad_scale: torch.Tensor | float = 1.0,
+    grad_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients for ``x`` and ``weight`` from ``grad_logits * grad_scale`` (``[B, C]`` times a
-    scalar or a ``[B, 1]`` column) plus the target corrections ``delta`` (``[B]``)."""
-    xs, xs_mm, s_over_norm, wf, w_norm, labels = ctx.saved_tensors
-    x_dtype, w_dtype, mm_dtype = ctx.dtypes
+    ``[B, 1]`` column) plus the target corrections ``delta`` (``[B, 1]`` or a scalar);
+    ``saved`` is ``ctx.saved_tensors``, unpacked once by the caller."""
+    device_type = grad_logits.device.type
+    if torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            return _backward_body(ctx, saved, grad_logits, delta, grad_scale)
+    return _backward_body(ctx, saved, grad_logits, delta, grad_scale)
+
+
+def _backward_body(ctx, saved, grad_logits, delta, grad_scale):
+    xs, xs_mm, s_over_norm, wf, w_norm, labels, _ = saved
+    x_dtype, w_dtype, mm_dtype, _ = ctx.dtypes
     wn, wn_mm = _normalized_weights(ctx, wf, w_norm, mm_dtype)
     need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    grad_logits = grad_logits.to(mm_dtype)
+    grad_logits = _to(grad_logits, mm_dtype)
     grad_x = grad_w = None
-    with torch.autocast(grad_logits.device.type, enabled=False):
-        if need_x:
-            grad_xs = torch.mm(grad_logits, wn_mm).to(xs.dtype)
-            if not isinstance(grad_scale, float):
-                grad_xs.mul_(grad_scale)
-            if delta is not None:
-                grad_xs.addcmul_(wn.index_select(0, labels), delta.unsqueeze(1))
-            # xs = s x / |x|:  dL/dx = (s / |x|) (g - u <g, u>) with u = x / |x| = xs / s
-            dot = torch.linalg.vecdot(grad_xs, xs, dim=1).unsqueeze(1)
-            grad_xs.addcmul_(xs, dot, value=-1.0 / ctx.scale**2)
-            grad_x = grad_xs.mul_(s_over_norm).to(x_dtype)
-        if need_w:
-            if isinstance(grad_scale, float):
-                grad_wn = torch.mm(grad_logits.T, xs_mm).to(wn.dtype)
-            else:  # scale the [B, D] side rather than the [B, C] gradient (rows of grad_logits)
-                grad_wn = torch.mm(grad_logits.T, (xs * grad_scale).to(mm_dtype)).to(wn.dtype)
-            if delta is not None:
-                grad_wn.index_add_(0, labels, xs * delta.unsqueeze(1))
-            # W -> wn = W / |W|: dL/dW = (g - wn <g, wn>) / |W| = (g - W <g, wn> / |W|) / |W|;
-            # <g, wn> row by row, with wn's own memory as the scratch of the product
-            dot = torch.mul(grad_wn, wn, out=wn).sum(dim=1, keepdim=True)
-            ctx.wn = None
-            grad_w = grad_wn.addcmul_(wf, dot / w_norm, value=-1.0).div_(w_norm).to(w_dtype)
+    if need_x:
+        grad_xs = _to(torch.mm(grad_logits, wn_mm), xs.dtype)
+        if grad_scale is not None:
+            grad_xs.mul_(grad_scale)
+        if delta is not None:
+            grad_xs.addcmul_(wn.index_select(0, labels), delta)
+        # xs = s x / |x|:  dL/dx = (s / |x|) (g - u <g, u>) with u = x / |x| = xs / s
+        dot = torch.linalg.vecdot(grad_xs, xs, dim=1).unsqueeze(1)
+        grad_xs.addcmul_(xs, dot, value=-1.0 / ctx.scale**2)
+        grad_x = _to(grad_xs.mul_(s_over_norm), x_dtype)
+    if need_w:
+        if grad_scale is None:
+            grad_wn = _to(torch.mm(grad_logits.T, xs_mm), wn.dtype)
+        else:  # scale the [B, D] side rather than the [B, C] gradient (rows of grad_logits)
+            grad_wn = _to(torch.mm(grad_logits.T, _to(xs * grad_scale, mm_dtype)), wn.dtype)
+        if delta is not None:
+            grad_wn.index_add_(0, labels, xs * delta)
+        # W -> wn = W / |W|: dL/dW = (g - wn <g, wn>) / |W| = (g - W <g, wn> / |W|) / |W|;
+        # <g, wn> row by row, with wn's own memory as the scratch of the product
+        dot = torch.mul(grad_wn, wn, out=wn).sum(dim=1, keepdim=True)
+        ctx.wn = None
+        grad_w = _to(grad_wn.addcmul_(wf, dot / w_norm, value=-1.0).div_(w_norm), w_dtype)
     return grad_x, grad_w
 
 
@@ -135,75 +184,84 @@ def _normalized_weights(
     if ctx.wn is not None:
         return ctx.wn
     wn = wf / w_norm
-    return wn, wn.to(mm_dtype)
+    return wn, _to(wn, mm_dtype)
 
 
-def _margin_delta(ctx, grad_target: torch.Tensor) -> torch.Tensor:
-    """``dL/dcos_t - dL/dlogit_t`` per row: the gradient the margin adds at the targets."""
+def _margin_grad(ctx, grad_target: torch.Tensor) -> torch.Tensor:
+    """``dL/dcos_t = psi'(cos_t) dL/dz_t`` (a new ``[B, 1]`` tensor); only called when the
+    margin's slope is not 1."""
+    if ctx.slope is not None:
+        return grad_target * ctx.slope
     leaf, modified = ctx.margin
     # retain_graph: the B-element graph must survive an outer backward(retain_graph=True).
-    (grad_cos,) = torch.autograd.grad(modified, leaf, grad_target, retain_graph=True)
-    return grad_cos - grad_target
+    (grad_cos,) = torch.autograd.grad(modified, leaf, grad_target.view(-1), retain_graph=True)
+    return grad_cos.view(-1, 1)
+
+
+def _has_slope(ctx) -> bool:
+    """Whether the margin's derivative differs from 1 (else it adds no gradient correction)."""
+    return ctx.slope is not None or ctx.margin is not None
 
 
 class _MarginLogits(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, labels, scale, fn):
-        return _forward(ctx, x, weight, labels, scale, fn, track=True)
+    def forward(ctx, x, weight, labels, scale, fn, slope_fn):
+        return _forward(ctx, x, weight, labels, scale, fn, slope_fn)[0]
 
     @staticmethod
-    @once_differentiable
+    @_once_differentiable
     def backward(ctx, grad):
+        saved = ctx.saved_tensors
         delta = None
-        if ctx.margin is not None:
-            (*_, labels) = ctx.saved_tensors
-            grad_target = grad.gather(1, labels.unsqueeze(1)).squeeze(1).to(ctx.margin[0].dtype)
-            delta = _margin_delta(ctx, grad_target)
-        grad_x, grad_w = _backward(ctx, grad, delta)
-        return grad_x, grad_w, None, None, None
+        if _has_slope(ctx):  # psi'(cos) dL/dz_t - dL/dz_t
+            grad_target = _to(grad.gather(1, saved[-1]), ctx.dtypes[-1])
+            delta = _margin_grad(ctx, grad_target).sub_(grad_target)
+        grad_x, grad_w = _backward(ctx, saved, grad, delta)
+        return grad_x, grad_w, None, None, None, None
 
 
 def _cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor
+    logits: torch.Tensor, index: torch.Tensor, target: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean cross-entropy; also ``exp(z - max z)`` (computed in place when ``logits`` is float32
     or float64, which the caller owns) and its row sums, from which the backward gets
-    ``softmax = exp / sum`` without another pass over ``[B, C]``."""
-    z = logits.to(_compute_dtype(logits))
+    ``softmax = exp / sum`` without another pass over ``[B, C]``. ``target``: the ``[B, 1]``
+    target logits when known in the compute dtype, else gathered."""
+    z = _to(logits, _compute_dtype(logits.dtype))
     shift = z.amax(dim=1, keepdim=True)
-    target = z.gather(1, labels.unsqueeze(1))
+    if target is None or target.dtype != logits.dtype:
+        target = z.gather(1, index)
     expz = z.sub_(shift).exp_()
     total = expz.sum(dim=1, keepdim=True)
-    loss = (total.log() + shift - target).mean()
+    loss = total.log().add_(shift).sub_(target).mean()
     return loss, expz, total
 
 
 class _MarginCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, labels, scale, fn):
-        logits = _forward(ctx, x, weight, labels, scale, fn, True)
-        loss, ctx.expz, ctx.total = _cross_entropy(logits, labels)
+    def forward(ctx, x, weight, labels, scale, fn, slope_fn):
+        logits, target, index = _forward(ctx, x, weight, labels, scale, fn, slope_fn)
+        loss, ctx.expz, ctx.total = _cross_entropy(logits, index, target)
         return loss
 
     @staticmethod
-    @once_differentiable
+    @_once_differentiable
     def backward(ctx, grad_loss):
-        (*_, labels) = ctx.saved_tensors
+        saved = ctx.saved_tensors
         expz, total = ctx.expz, ctx.total
         # dL/dz = w (softmax - onehot), w = grad / B, softmax = expz / total: the products run
         # on expz with the per-row factor w / total; the -w at the targets is a correction.
-        w = grad_loss.to(expz.dtype) / expz.shape[0]
+        w = _to(grad_loss, expz.dtype) / expz.shape[0]
         row = w / total  # [B, 1]
-        p_w = (expz.gather(1, labels.unsqueeze(1)) * row).squeeze(1)  # softmax_t * w
-        grad_target = p_w - w  # dL/dz_t
-        if ctx.margin is not None:
-            # the target entry is s * fn(cos): dL/dcos_t = f'(cos) dL/dz_t
-            delta = _margin_delta(ctx, grad_target.to(ctx.margin[0].dtype)).to(expz.dtype)
-            delta = delta + grad_target - p_w
-        else:
-            delta = -w.expand_as(p_w)
-        grad_x, grad_w = _backward(ctx, expz, delta, grad_scale=row)
-        return grad_x, grad_w, None, None, None
+        if _has_slope(ctx):
+            # the target entry is s * psi(cos): dL/dcos_t = psi'(cos) dL/dz_t
+            p_w = expz.gather(1, saved[-1]).mul_(row)  # softmax_t * w
+            grad_target = _to(p_w - w, ctx.dtypes[-1])  # dL/dz_t
+            delta = _to(_margin_grad(ctx, grad_target), expz.dtype).sub_(p_w)
+        else:  # no margin, or one of slope 1: dL/dcos_t = dL/dz_t
+            delta = -w
+        grad_x, grad_w = _backward(ctx, saved, expz, delta, grad_scale=row)
+        return grad_x, grad_w, None, None, None, None
 
 
 def _track(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -216,20 +274,28 @@ def margin_logits(
     labels: torch.Tensor | None,
     scale: float,
     fn: MarginFn | None,
+    slope_fn: SlopeFn | None = None,
 ) -> torch.Tensor:
     """``scale * cos(x_i, w_j)`` ``[B, C]``; with ``labels`` the target entries become
-    ``scale * fn(cos)``. Inputs must be validated by the caller."""
+    ``scale * fn(cos)``. ``slope_fn``, if given, replaces ``fn``: it maps the ``[B, 1]`` target
+    cosines to ``(psi, dpsi/dcos)`` (``dpsi`` ``None`` for a slope of 1). Inputs must be
+    validated by the caller."""
     if not _track(x, weight):  # plain tensor code: nothing to differentiate (and traceable)
-        return _forward(None, x, weight, labels, scale, fn, track=False)
-    return _MarginLogits.apply(x, weight, labels, scale, fn)
+        return _forward(None, x, weight, labels, scale, fn, slope_fn)[0]
+    return _MarginLogits.apply(x, weight, labels, scale, fn, slope_fn)
 
 
 def margin_cross_entropy(
-    x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, scale: float, fn: MarginFn | None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    scale: float,
+    fn: MarginFn | None,
+    slope_fn: SlopeFn | None = None,
 ) -> torch.Tensor:
-    """``F.cross_entropy(margin_logits(x, weight, labels, scale, fn), labels)`` (mean), fused;
-    ``fn=None`` for no margin."""
+    """``F.cross_entropy(margin_logits(x, weight, labels, scale, fn, slope_fn), labels)``
+    (mean), fused; ``fn=None`` and ``slope_fn=None`` for no margin."""
     if not _track(x, weight):
-        logits = _forward(None, x, weight, labels, scale, fn, track=False)
-        return _cross_entropy(logits, labels)[0]
-    return _MarginCrossEntropy.apply(x, weight, labels, scale, fn)
+        logits, target, index = _forward(None, x, weight, labels, scale, fn, slope_fn)
+        return _cross_entropy(logits, index, target)[0]
+    return _MarginCrossEntropy.apply(x, weight, labels, scale, fn, slope_fn)

@@ -23,12 +23,16 @@ class MarginHead(nn.Module, abc.ABC):
     in training mode with labels the target entry becomes ``s * psi(cos(theta_i,y_i))``, where
     ``psi`` is :meth:`_target_logit`, the single method a subclass overrides. In eval mode, or
     without labels, the output is ``s * cos`` whether or not labels are passed, so validation
-    logits never carry the margin.
+    logits never carry the margin. A subclass may also override :meth:`_target_logit_and_slope`
+    (``psi`` and its derivative in one call, without autograd: a faster training step); it is
+    used only where it is defined by the same class as ``_target_logit`` or a subclass of it, so
+    a subclass that overrides only ``_target_logit`` never inherits a stale derivative.
 
     Train with ``F.cross_entropy(head(embedding, labels), labels)`` or with :meth:`loss`, the
     same value fused and faster. Both run through hand-written backward passes that touch the
     ``[B, C]`` matrix only as the three matrix products require (``_autograd.py``); they support
-    one backward pass (double backward raises). Validating the labels costs one device sync.
+    one backward pass (double backward raises). Validating the labels costs one device sync
+    (an out-of-range label would otherwise trigger a device-side assert on CUDA).
 
     Parameters
     ----------
@@ -48,6 +52,21 @@ class MarginHead(nn.Module, abc.ABC):
     m, s : float
         Validated on assignment.
     """
+
+    #: whether ``_target_logit_and_slope`` describes this class's ``_target_logit``
+    _has_slope: bool = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for klass in cls.__mro__:  # the most derived class defining either method decides
+            if klass is MarginHead:
+                break
+            if "_target_logit_and_slope" in vars(klass):
+                cls._has_slope = True
+                break
+            if "_target_logit" in vars(klass):
+                cls._has_slope = False
+                break
 
     def __init__(self, embedding_dim: int, num_classes: int, m: float, s: float) -> None:
         super().__init__()
@@ -87,6 +106,17 @@ class MarginHead(nn.Module, abc.ABC):
         autograd on those B values.
         """
 
+    def _target_logit_and_slope(
+        self, cos_target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``_target_logit(cos_target)`` and its derivative with respect to ``cos_target``
+        (``None`` where it is 1 everywhere), elementwise on a ``[B, 1]`` tensor, by plain tensor
+        operations (no autograd). Optional: training then skips the autograd pass over the
+        margin. The value must equal ``_target_logit``'s bit for bit, the derivative autograd's
+        (with the same conventions at kinks and clamps).
+        """
+        raise NotImplementedError
+
     def cosine(self, embedding: torch.Tensor) -> torch.Tensor:
         """Cosine between each embedding and each class weight.
 
@@ -109,7 +139,7 @@ class MarginHead(nn.Module, abc.ABC):
             return margin_logits(embedding, self.weight, None, self._s, None)
         check_class_labels(labels, embedding.shape[0], self.num_classes)
         return margin_logits(
-            embedding, self.weight, labels.to(embedding.device), self._s, self._target_logit
+            embedding, self.weight, labels.to(embedding.device), self._s, *self._margin()
         )
 
     def loss(self, embedding: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -121,10 +151,16 @@ class MarginHead(nn.Module, abc.ABC):
         """
         check_embedding(embedding, self.embedding_dim)
         check_class_labels(labels, embedding.shape[0], self.num_classes)
-        fn = self._target_logit if self.training else None
+        margin = self._margin() if self.training else (None, None)
         return margin_cross_entropy(
-            embedding, self.weight, labels.to(embedding.device), self._s, fn
+            embedding, self.weight, labels.to(embedding.device), self._s, *margin
         )
+
+    def _margin(self):
+        """``(fn, slope_fn)`` for the fused kernels: one of them, the other ``None``."""
+        if self._has_slope:
+            return None, self._target_logit_and_slope
+        return self._target_logit, None
 
     def extra_repr(self) -> str:
         return (
@@ -193,6 +229,22 @@ class ArcFaceHead(MarginHead):
             return torch.where(cos_target > 0, phi, cos_target)
         return torch.where(cos_target > self._th, phi, cos_target - self._mm)
 
+    def _target_logit_and_slope(
+        self, cos_target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # d phi / d cos = cos m + sin m cos / sin, where the clamp is inactive (autograd's
+        # clamp passes the gradient where 1 - cos^2 >= eps), else cos m
+        sin2 = 1.0 - cos_target * cos_target
+        sin = torch.sqrt(torch.clamp(sin2, min=_SIN2_EPS))
+        phi = torch.add(cos_target * self._cos_m, sin, alpha=-self._sin_m)
+        dphi = torch.where(sin2 >= _SIN2_EPS, cos_target / sin, 0.0).mul_(self._sin_m)
+        dphi = dphi.add_(self._cos_m)
+        if self.easy_margin:
+            keep = cos_target > 0
+            return torch.where(keep, phi, cos_target), torch.where(keep, dphi, 1.0)
+        keep = cos_target > self._th
+        return torch.where(keep, phi, cos_target - self._mm), torch.where(keep, dphi, 1.0)
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", easy_margin={self.easy_margin}"
 
@@ -219,3 +271,6 @@ class CosFaceHead(MarginHead):
 
     def _target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
         return cos_target - self._m
+
+    def _target_logit_and_slope(self, cos_target: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return cos_target - self._m, None

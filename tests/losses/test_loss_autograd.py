@@ -17,6 +17,30 @@ def curved(c):
     return c * c * 0.5 + c * 0.25 - 0.1
 
 
+def curved_with_slope(c):
+    """``curved`` and its derivative, as a head's ``_target_logit_and_slope`` gives them."""
+    return curved(c), c + 0.25
+
+
+def shifted(c):
+    return c - 0.2
+
+
+def shifted_with_slope(c):
+    """A margin of slope 1 (CosFace's form): no gradient correction at all."""
+    return c - 0.2, None
+
+
+# each margin as (fn, slope_fn) for the kernels, and the fn the reference differentiates
+MARGINS = {
+    "none": ((None, None), None),
+    "autograd": ((curved, None), curved),
+    "slope": ((None, curved_with_slope), curved),
+    "slope-1": ((None, shifted_with_slope), shifted),
+    "autograd-shift": ((shifted, None), shifted),
+}
+
+
 def reference_logits(x, w, labels, scale, fn):
     """The same quantity through torch's own autograd: normalize, matmul, gather, scatter."""
     logits = scale * F.normalize(x, dim=1) @ F.normalize(w, dim=1).T
@@ -34,12 +58,13 @@ def data(b=6, d=5, c=4, seed=0, dtype=torch.float64):
     return x, w, labels
 
 
-@pytest.mark.parametrize("fn", [None, curved])
-def test_margin_logits_match_reference_values_and_gradients(fn):
+@pytest.mark.parametrize("margin", MARGINS)
+def test_margin_logits_match_reference_values_and_gradients(margin):
+    (fn, slope_fn), ref_fn = MARGINS[margin]
     x, w, labels = data()
     g = torch.randn(6, 4, dtype=torch.float64)
-    ours = margin_logits(x, w, labels if fn else None, SCALE, fn)
-    ref = reference_logits(x, w, labels, SCALE, fn)
+    ours = margin_logits(x, w, labels if ref_fn else None, SCALE, fn, slope_fn)
+    ref = reference_logits(x, w, labels, SCALE, ref_fn)
     assert ours.detach().numpy() == pytest.approx(ref.detach().numpy(), rel=1e-12, abs=1e-12)
     got = torch.autograd.grad(ours, (x, w), g)
     want = torch.autograd.grad(ref, (x, w), g)
@@ -47,11 +72,12 @@ def test_margin_logits_match_reference_values_and_gradients(fn):
         assert a.numpy() == pytest.approx(b.numpy(), rel=1e-10, abs=1e-12)
 
 
-@pytest.mark.parametrize("fn", [None, curved])
-def test_margin_cross_entropy_matches_reference_values_and_gradients(fn):
+@pytest.mark.parametrize("margin", MARGINS)
+def test_margin_cross_entropy_matches_reference_values_and_gradients(margin):
+    (fn, slope_fn), ref_fn = MARGINS[margin]
     x, w, labels = data()
-    ours = margin_cross_entropy(x, w, labels, SCALE, fn)
-    ref = F.cross_entropy(reference_logits(x, w, labels, SCALE, fn), labels)
+    ours = margin_cross_entropy(x, w, labels, SCALE, fn, slope_fn)
+    ref = F.cross_entropy(reference_logits(x, w, labels, SCALE, ref_fn), labels)
     assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
     got = torch.autograd.grad(2.5 * ours, (x, w))
     want = torch.autograd.grad(2.5 * ref, (x, w))
@@ -69,6 +95,13 @@ def test_gradcheck_and_repeated_labels():
     assert torch.autograd.gradcheck(
         lambda x, w: margin_cross_entropy(x, w, labels, SCALE, None), (x, w)
     )
+    for slope_fn in (curved_with_slope, shifted_with_slope):
+        assert torch.autograd.gradcheck(
+            lambda x, w, f=slope_fn: margin_logits(x, w, labels, SCALE, None, f), (x, w)
+        )
+        assert torch.autograd.gradcheck(
+            lambda x, w, f=slope_fn: margin_cross_entropy(x, w, labels, SCALE, None, f), (x, w)
+        )
 
 
 def test_gradient_only_for_inputs_that_need_it():
@@ -88,12 +121,25 @@ def test_zero_rows_give_finite_gradients():
     assert bool(torch.isfinite(x.grad).all()) and bool(torch.isfinite(w.grad).all())
 
 
-def test_backward_twice_with_retained_graph():
+@pytest.mark.parametrize("margin", MARGINS)
+def test_backward_twice_with_retained_graph(margin):
+    (fn, slope_fn), _ = MARGINS[margin]
     x, w, labels = data()
-    loss = margin_cross_entropy(x, w, labels, SCALE, curved)
-    first = torch.autograd.grad(loss, (x, w), retain_graph=True)
-    second = torch.autograd.grad(loss, (x, w))
-    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    for kernel in (margin_cross_entropy, margin_logits):
+        loss = kernel(x, w, labels, SCALE, fn, slope_fn).sum()
+        first = torch.autograd.grad(loss, (x, w), retain_graph=True)
+        second = torch.autograd.grad(loss, (x, w))
+        assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+@pytest.mark.parametrize("margin", MARGINS)
+def test_no_grad_forward_equals_grad_forward(margin):
+    (fn, slope_fn), _ = MARGINS[margin]
+    x, w, labels = data(dtype=torch.float32)
+    for kernel in (margin_cross_entropy, margin_logits):
+        with torch.no_grad():
+            quiet = kernel(x, w, labels, SCALE, fn, slope_fn)
+        assert torch.equal(quiet, kernel(x, w, labels, SCALE, fn, slope_fn).detach())
 
 
 def test_bfloat16_inputs_keep_their_dtype():

@@ -154,6 +154,64 @@ def test_single_override_point():
     assert torch.equal(custom(x, y), cosface(x, y))
 
 
+def autograd_margin_loss(head, x, y):
+    """Cross-entropy of the margin logits built from plain torch ops, ``_target_logit``
+    differentiated by autograd: the reference for the fused kernels' hand-written backward."""
+    cos = F.normalize(x, dim=1) @ F.normalize(head.weight, dim=1).T
+    index = y[:, None]
+    cos = cos.scatter(1, index, head._target_logit(cos.gather(1, index).squeeze(1))[:, None])
+    return F.cross_entropy(head.s * cos, y)
+
+
+def test_subclass_overriding_only_target_logit_is_differentiated_by_autograd():
+    # ArcFace's analytic slope must not be inherited by a subclass that changes the margin
+    class Curved(ArcFaceHead):
+        def _target_logit(self, cos_target):
+            return 0.5 * cos_target * cos_target + 0.25 * cos_target - 0.1
+
+    class CurvedWithSlope(Curved):
+        def _target_logit_and_slope(self, cos_target):
+            return self._target_logit(cos_target), cos_target + 0.25
+
+    torch.manual_seed(0)
+    for cls in (Curved, CurvedWithSlope):
+        head = cls(D, C, s=10.0).double()
+        x, y = batch(torch.float64)
+        x.requires_grad_(True)
+        want = autograd_margin_loss(head, x, y)
+        rx, rw = torch.autograd.grad(want, (x, head.weight))
+        for got in (head.loss(x, y), F.cross_entropy(head(x, y), y)):
+            gx, gw = torch.autograd.grad(got, (x, head.weight))
+            assert got.item() == pytest.approx(want.item(), rel=1e-12)
+            assert gx.numpy() == pytest.approx(rx.numpy(), rel=1e-9, abs=1e-12)
+            assert gw.numpy() == pytest.approx(rw.numpy(), rel=1e-9, abs=1e-12)
+
+
+def slope_test_cosines(head, dtype):
+    """Cosines covering [-1, 1], the ends and just past them, the clamp of 1 - cos^2 at 1e-6
+    and ArcFace's switch to the fallback at cos(pi - m), with neighbours a few ulps away."""
+    points = [-1.0, 1.0, 1.0 + 1e-7, -1.0 - 1e-7, 0.0, math.sqrt(1.0 - 1e-6)]
+    points += [-p for p in points] + [math.cos(math.pi - head.m)]
+    base = torch.tensor(points, dtype=dtype)
+    ulps = torch.arange(-20, 21, dtype=dtype)[:, None]
+    near = base + ulps * torch.finfo(dtype).eps * base.abs().clamp_min(1e-3)
+    return torch.cat([torch.linspace(-1, 1, 2001, dtype=dtype), base, near.flatten()])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_slope_equals_autograd_derivative_of_target_logit(head, dtype):
+    cos = slope_test_cosines(head, dtype)
+    psi, slope = head._target_logit_and_slope(cos[:, None])
+    leaf = cos.clone().requires_grad_(True)
+    want = head._target_logit(leaf)
+    (want_slope,) = torch.autograd.grad(want.sum(), leaf)
+    assert torch.equal(psi.squeeze(1), want.detach())
+    slope = torch.ones_like(psi) if slope is None else slope
+    # abs: at cos(pi - m) ArcFace's slope cos m + sin m cos / sin cancels to 0
+    rel, tiny = (1e-12, 16 * 2.0**-52) if dtype == torch.float64 else (1e-6, 16 * 2.0**-23)
+    assert slope.squeeze(1).numpy() == pytest.approx(want_slope.numpy(), rel=rel, abs=tiny)
+
+
 # ------------------------------------------------------------ pytorch-metric-learning, same weights
 
 
