@@ -21,6 +21,7 @@ Usage::
     python benchmarks/bench_retrieval.py                    # N = 50,000, D = 512, C = 1,000
     python benchmarks/bench_retrieval.py --n 10000          # smaller
     python benchmarks/bench_retrieval.py --device cuda
+    python benchmarks/bench_retrieval.py --device cuda --warm   # CUDA start-up not timed
 
 Goal (performance issue): embscope / PML time <= 0.6 on CPU at N = 50,000, same values.
 """
@@ -91,6 +92,8 @@ def run_once(args) -> dict:
             r = calc.get_accuracy(x, y)
             return r["precision_at_1"], r["mean_average_precision_at_r"]
 
+    if args.warm:  # one untimed call first: CUDA context, cuBLAS handles, allocator pools
+        call()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -119,6 +122,8 @@ def child(method: str, args) -> dict:
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.chunk_size:
         cmd += ["--chunk-size", str(args.chunk_size)]
+    if args.warm:
+        cmd.append("--warm")
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"{method} run failed:\n{done.stderr[-3000:]}")
@@ -136,6 +141,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each method")
     p.add_argument("--max-seconds", type=float, default=600, help="stop repeating past this")
     p.add_argument("--chunk-size", type=int, default=None)
+    p.add_argument(
+        "--warm", action="store_true", help="time a second call in each process (GPU start-up out)"
+    )
     p.add_argument("--child", choices=("embscope", "pml"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -147,7 +155,7 @@ def main() -> None:
 
     print(
         f"# N = {args.n}, D = {args.d}, C = {args.classes}, sigma = {args.sigma}, "
-        f"device = {args.device}; torch {torch.__version__}, numpy {np.__version__}, "
+        f"device = {args.device}{', warm calls' if args.warm else ''}; torch {torch.__version__}, numpy {np.__version__}, "
         f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
         flush=True,
     )
