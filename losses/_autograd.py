@@ -41,11 +41,8 @@ SlopeFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """float32 for half inputs, float64 if any input is float64."""
-    dtype = torch.float32
-    for d in dtypes:
-        dtype = torch.promote_types(dtype, d)
-    return dtype
+    """float32 for half (and float32) inputs, float64 if any input is float64."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 def _to(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -85,7 +82,7 @@ def _forward(
         mm_dtype = torch.get_autocast_dtype(device_type)
         with torch.autocast(device_type, enabled=False):
             return _forward_body(ctx, x, weight, labels, scale, fn, slope_fn, mm_dtype)
-    mm_dtype = torch.promote_types(x.dtype, weight.dtype)
+    mm_dtype = x.dtype if x.dtype == weight.dtype else torch.promote_types(x.dtype, weight.dtype)
     return _forward_body(ctx, x, weight, labels, scale, fn, slope_fn, mm_dtype)
 
 
@@ -94,7 +91,7 @@ def _forward_body(ctx, x, weight, labels, scale, fn, slope_fn, mm_dtype):
     xf, wf = _to(x, cdt), _to(weight, cdt)
     x_norm = torch.linalg.vector_norm(xf, dim=1, keepdim=True).clamp_min_(_NORM_EPS)
     w_norm = torch.linalg.vector_norm(wf, dim=1, keepdim=True).clamp_min_(_NORM_EPS)
-    s_over_norm = scale / x_norm
+    s_over_norm = x_norm.reciprocal_().mul_(scale)  # scale / x_norm, without Tensor.__rdiv__
     xs = xf * s_over_norm  # s * x / |x|
     wn = wf / w_norm
     xs_mm, wn_mm = _to(xs, mm_dtype), _to(wn, mm_dtype)
@@ -145,10 +142,24 @@ def _backward(
 
 
 def _backward_body(ctx, saved, grad_logits, delta, grad_scale):
-    xs, xs_mm, s_over_norm, wf, w_norm, labels, _ = saved
-    x_dtype, w_dtype, mm_dtype, _ = ctx.dtypes
+    xs, xs_mm, s_over_norm, wf, w_norm, labels, index = saved
+    x_dtype, w_dtype, mm_dtype, cdt = ctx.dtypes
     wn, wn_mm = _normalized_weights(ctx, wf, w_norm, mm_dtype)
     need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if (
+        (delta is not None or grad_scale is not None)
+        and mm_dtype == cdt == grad_logits.dtype
+        and grad_logits.shape[1] <= xs.shape[1]
+    ):
+        # C <= D: the [B, C] matrix is the smaller side, so the row factor and the target
+        # corrections go into one gradient matrix (a new one: expz serves retain_graph too)
+        if grad_scale is not None:
+            grad_logits = grad_logits * grad_scale
+        if delta is not None:
+            delta = delta.expand(index.shape) if delta.dim() == 0 else delta
+            scatter = torch.Tensor.scatter_add if grad_scale is None else torch.Tensor.scatter_add_
+            grad_logits = scatter(grad_logits, 1, index, delta)
+        grad_scale = delta = None
     grad_logits = _to(grad_logits, mm_dtype)
     grad_x = grad_w = None
     if need_x:

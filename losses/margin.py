@@ -234,11 +234,11 @@ class ArcFaceHead(MarginHead):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # d phi / d cos = cos m + sin m cos / sin, where the clamp is inactive (autograd's
         # clamp passes the gradient where 1 - cos^2 >= eps), else cos m
-        sin2 = 1.0 - cos_target * cos_target
-        sin = torch.sqrt(torch.clamp(sin2, min=_SIN2_EPS))
+        sin2 = torch.rsub(cos_target * cos_target, 1.0)
+        sin = sin2.clamp_min(_SIN2_EPS).sqrt_()
         phi = torch.add(cos_target * self._cos_m, sin, alpha=-self._sin_m)
-        dphi = torch.where(sin2 >= _SIN2_EPS, cos_target / sin, 0.0).mul_(self._sin_m)
-        dphi = dphi.add_(self._cos_m)
+        dphi = torch.where(sin2 >= _SIN2_EPS, cos_target, 0.0).div_(sin)
+        dphi = dphi.mul_(self._sin_m).add_(self._cos_m)
         if self.easy_margin:
             keep = cos_target > 0
             return torch.where(keep, phi, cos_target), torch.where(keep, dphi, 1.0)

@@ -58,11 +58,16 @@ def data(b=6, d=5, c=4, seed=0, dtype=torch.float64):
     return x, w, labels
 
 
+# C <= D: the backward builds one [B, C] gradient matrix; C > D: rank-one corrections
+SHAPES = {"C<=D": dict(d=5, c=4), "C>D": dict(d=3, c=5)}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("margin", MARGINS)
-def test_margin_logits_match_reference_values_and_gradients(margin):
+def test_margin_logits_match_reference_values_and_gradients(margin, shape):
     (fn, slope_fn), ref_fn = MARGINS[margin]
-    x, w, labels = data()
-    g = torch.randn(6, 4, dtype=torch.float64)
+    x, w, labels = data(**SHAPES[shape])
+    g = torch.randn(6, w.shape[0], dtype=torch.float64)
     ours = margin_logits(x, w, labels if ref_fn else None, SCALE, fn, slope_fn)
     ref = reference_logits(x, w, labels, SCALE, ref_fn)
     assert ours.detach().numpy() == pytest.approx(ref.detach().numpy(), rel=1e-12, abs=1e-12)
@@ -72,10 +77,11 @@ def test_margin_logits_match_reference_values_and_gradients(margin):
         assert a.numpy() == pytest.approx(b.numpy(), rel=1e-10, abs=1e-12)
 
 
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("margin", MARGINS)
-def test_margin_cross_entropy_matches_reference_values_and_gradients(margin):
+def test_margin_cross_entropy_matches_reference_values_and_gradients(margin, shape):
     (fn, slope_fn), ref_fn = MARGINS[margin]
-    x, w, labels = data()
+    x, w, labels = data(**SHAPES[shape])
     ours = margin_cross_entropy(x, w, labels, SCALE, fn, slope_fn)
     ref = F.cross_entropy(reference_logits(x, w, labels, SCALE, ref_fn), labels)
     assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
@@ -85,8 +91,9 @@ def test_margin_cross_entropy_matches_reference_values_and_gradients(margin):
         assert a.numpy() == pytest.approx(b.numpy(), rel=1e-10, abs=1e-12)
 
 
-def test_gradcheck_and_repeated_labels():
-    x, w, _ = data(b=5, d=3, c=3)
+@pytest.mark.parametrize("d", [3, 2])
+def test_gradcheck_and_repeated_labels(d):
+    x, w, _ = data(b=5, d=d, c=3)
     labels = torch.tensor([1, 1, 1, 0, 1])  # index_add must accumulate repeated rows
     assert torch.autograd.gradcheck(lambda x, w: margin_logits(x, w, labels, SCALE, curved), (x, w))
     assert torch.autograd.gradcheck(
@@ -121,10 +128,11 @@ def test_zero_rows_give_finite_gradients():
     assert bool(torch.isfinite(x.grad).all()) and bool(torch.isfinite(w.grad).all())
 
 
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("margin", MARGINS)
-def test_backward_twice_with_retained_graph(margin):
+def test_backward_twice_with_retained_graph(margin, shape):
     (fn, slope_fn), _ = MARGINS[margin]
-    x, w, labels = data()
+    x, w, labels = data(**SHAPES[shape])
     for kernel in (margin_cross_entropy, margin_logits):
         loss = kernel(x, w, labels, SCALE, fn, slope_fn).sum()
         first = torch.autograd.grad(loss, (x, w), retain_graph=True)

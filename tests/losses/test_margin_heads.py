@@ -187,6 +187,27 @@ def test_subclass_overriding_only_target_logit_is_differentiated_by_autograd():
             assert gw.numpy() == pytest.approx(rw.numpy(), rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.parametrize("name", HEAD_IDS)
+@pytest.mark.parametrize("dim, classes", [(6, 4), (3, 7)])  # C <= D and C > D backward paths
+def test_fused_gradients_match_autograd_reference(name, dim, classes):
+    torch.manual_seed(0)
+    head = {
+        "arcface": ArcFaceHead(dim, classes, m=0.5, s=16.0),
+        "arcface-easy": ArcFaceHead(dim, classes, m=0.5, s=16.0, easy_margin=True),
+        "cosface": CosFaceHead(dim, classes, m=0.35, s=16.0),
+    }[name].double()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(12, dim, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, classes, (12,), generator=g)
+    want = autograd_margin_loss(head, x, y)
+    rx, rw = torch.autograd.grad(want, (x, head.weight))
+    for got in (head.loss(x, y), F.cross_entropy(head(x, y), y)):
+        gx, gw = torch.autograd.grad(got, (x, head.weight))
+        assert got.item() == pytest.approx(want.item(), rel=1e-12)
+        assert gx.numpy() == pytest.approx(rx.numpy(), rel=1e-9, abs=1e-12)
+        assert gw.numpy() == pytest.approx(rw.numpy(), rel=1e-9, abs=1e-12)
+
+
 def slope_test_cosines(head, dtype):
     """Cosines covering [-1, 1], the ends and just past them, the clamp of 1 - cos^2 at 1e-6
     and ArcFace's switch to the fallback at cos(pi - m), with neighbours a few ulps away."""
