@@ -147,9 +147,41 @@ def time_round_robin(
     return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
 
 
+# aten calls that launch no kernel: views, metadata, allocation, dtype queries
+_NO_KERNEL = frozenset(
+    "aten::" + name
+    for name in (
+        "view as_strided unsqueeze squeeze permute t transpose numpy_T expand expand_as select "
+        "slice detach alias reshape _reshape_alias empty empty_like empty_strided to "
+        "lift_fresh result_type promote_types resolve_conj resolve_neg item "
+        "_local_scalar_dense _has_compatible_shallow_copy_type"
+    ).split()
+)
+
+
+def count_ops(step: Callable[[], None]) -> int:
+    """Top-level aten operators that one call of ``step`` dispatches, leaving out those that
+    launch no kernel: roughly the kernel launches of the same step on a GPU (a composite such
+    as ``cross_entropy_loss`` counts once but launches two or three)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    count = 0
+    for event in prof.events():
+        if not event.name.startswith("aten::") or event.name in _NO_KERNEL:
+            continue
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith("aten::"):
+            parent = parent.cpu_parent
+        count += parent is None
+    return count
+
+
 def overhead(args: argparse.Namespace) -> int:
     """The host-overhead table: a tiny step on one CPU thread, where the time is all Python,
-    dispatcher and autograd bookkeeping, the part that bounds a GPU step at any C."""
+    dispatcher and autograd bookkeeping, the part that bounds a GPU step at any C; with the
+    number of operators each step dispatches (see ``count_ops``)."""
     torch.set_num_threads(1)
     device = torch.device("cpu")
     batch, dim, classes = args.overhead_shape
@@ -159,8 +191,11 @@ def overhead(args: argparse.Namespace) -> int:
         f"{args.overhead_repeats} rounds after {args.overhead_warmup} warm-up; us"
     )
     print()
-    print("| head | head+CE | head.loss | PML | head+CE / PML | head.loss / PML |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| head | head+CE | head.loss | PML | head+CE / PML | head.loss / PML "
+        "| ops head+CE | ops head.loss | ops PML |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     ours, pml = make_models(dim, classes, device)
     g = torch.Generator(device="cpu").manual_seed(1)
     x = torch.randn(batch, dim, generator=g).requires_grad_(True)
@@ -172,11 +207,13 @@ def overhead(args: argparse.Namespace) -> int:
         steps[f"loss:{name}"] = step_ours(ours[name], x, y, None, fused=True)
         steps[f"pml:{name}"] = step_pml(pml[name], x, y, None)
     ms = time_round_robin(steps, device, args.overhead_warmup, args.overhead_repeats)
+    ops = {key: count_ops(step) for key, step in steps.items()}
     for name in ours:
         a, fused, b = ms[f"ce:{name}"], ms[f"loss:{name}"], ms[f"pml:{name}"]
         print(
             f"| {name} | {1e3 * a:.0f} | {1e3 * fused:.0f} | {1e3 * b:.0f} | {a / b:.2f} | "
-            f"{fused / b:.2f} |"
+            f"{fused / b:.2f} | {ops[f'ce:{name}']} | {ops[f'loss:{name}']} | "
+            f"{ops[f'pml:{name}']} |"
         )
     return 0
 
