@@ -11,7 +11,9 @@ more than its three matrix products (measured in ``benchmarks/bench_losses.py``)
 - the normalisation backward ``(g - y <g, y>) / |x|`` runs in place on the fresh products;
 - ``margin_cross_entropy`` exponentiates its ``[B, C]`` logits once, in place, and never builds
   a probability, one-hot or gradient matrix: ``softmax = exp / sum`` enters the products as a
-  per-row factor on the ``[B, D]`` side and the ``-1`` at the targets is a correction too.
+  per-row factor on the ``[B, D]`` side and the ``-1`` at the targets is a correction too;
+- except when ``C <= D``: then ``[B, C]`` is the smaller side, and the row factor and the
+  corrections go into one new ``[B, C]`` gradient matrix (fewer operations, less memory traffic).
 
 The margin itself is either ``fn`` (a head's ``_target_logit``), differentiated by autograd on
 the ``B`` target cosines only, or ``slope_fn``, which returns the margin's value and derivative
@@ -21,9 +23,10 @@ in float32 (float64 for float64 inputs). Under autocast the matrix products run 
 dtype and everything else in float32. Only one backward pass is supported (double backward
 raises).
 
-A step at small sizes (and any step on a GPU, which launches the same ~60 kernels whatever the
+A step at small sizes (and any step on a GPU, which launches the same ~50 kernels whatever the
 sizes) costs the host's Python and dispatcher time, so the code avoids operations that do
-nothing: no ``.to()`` to the same dtype, no disabled-autocast context unless autocast is on.
+nothing: no ``.to()`` to the same dtype, no disabled-autocast context unless autocast is on
+(``bench_losses.py --overhead`` times and counts them).
 """
 
 from __future__ import annotations
