@@ -38,7 +38,7 @@ step() {  # step NAME SECONDS COMMAND...: run it under a time limit, log to $out
     tail -n 30 "$out/$name.log"
 }
 
-step tests 240 "$py" -m pytest -q -rs tests/diagnostics/test_cuda.py \
+step tests 240 "$py" -m pytest -q -rs tests/diagnostics/test_cuda.py tests/losses/test_margin_cuda.py \
     tests/diagnostics/test_retrieval.py tests/diagnostics/test_pairs.py \
     tests/diagnostics/test_verification.py
 step losses 150 "$py" benchmarks/bench_losses.py --device cuda --warmup 10 --repeats 51
