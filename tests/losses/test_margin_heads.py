@@ -163,6 +163,18 @@ def autograd_margin_loss(head, x, y):
     return F.cross_entropy(head.s * cos, y)
 
 
+def assert_fused_forms_match_autograd(head, x, y) -> None:
+    """head.loss and F.cross_entropy(head(x, y), y): the loss and both gradients of the
+    plain-autograd reference, in float64."""
+    want = autograd_margin_loss(head, x, y)
+    rx, rw = torch.autograd.grad(want, (x, head.weight))
+    for got in (head.loss(x, y), F.cross_entropy(head(x, y), y)):
+        gx, gw = torch.autograd.grad(got, (x, head.weight))
+        assert got.item() == pytest.approx(want.item(), rel=1e-12)
+        assert gx.numpy() == pytest.approx(rx.numpy(), rel=1e-9, abs=1e-12)
+        assert gw.numpy() == pytest.approx(rw.numpy(), rel=1e-9, abs=1e-12)
+
+
 def test_subclass_overriding_only_target_logit_is_differentiated_by_autograd():
     # ArcFace's analytic slope must not be inherited by a subclass that changes the margin
     class Curved(ArcFaceHead):
@@ -178,13 +190,7 @@ def test_subclass_overriding_only_target_logit_is_differentiated_by_autograd():
         head = cls(D, C, s=10.0).double()
         x, y = batch(torch.float64)
         x.requires_grad_(True)
-        want = autograd_margin_loss(head, x, y)
-        rx, rw = torch.autograd.grad(want, (x, head.weight))
-        for got in (head.loss(x, y), F.cross_entropy(head(x, y), y)):
-            gx, gw = torch.autograd.grad(got, (x, head.weight))
-            assert got.item() == pytest.approx(want.item(), rel=1e-12)
-            assert gx.numpy() == pytest.approx(rx.numpy(), rel=1e-9, abs=1e-12)
-            assert gw.numpy() == pytest.approx(rw.numpy(), rel=1e-9, abs=1e-12)
+        assert_fused_forms_match_autograd(head, x, y)
 
 
 @pytest.mark.parametrize("name", HEAD_IDS)
@@ -199,13 +205,7 @@ def test_fused_gradients_match_autograd_reference(name, dim, classes):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(12, dim, generator=g, dtype=torch.float64, requires_grad=True)
     y = torch.randint(0, classes, (12,), generator=g)
-    want = autograd_margin_loss(head, x, y)
-    rx, rw = torch.autograd.grad(want, (x, head.weight))
-    for got in (head.loss(x, y), F.cross_entropy(head(x, y), y)):
-        gx, gw = torch.autograd.grad(got, (x, head.weight))
-        assert got.item() == pytest.approx(want.item(), rel=1e-12)
-        assert gx.numpy() == pytest.approx(rx.numpy(), rel=1e-9, abs=1e-12)
-        assert gw.numpy() == pytest.approx(rw.numpy(), rel=1e-9, abs=1e-12)
+    assert_fused_forms_match_autograd(head, x, y)
 
 
 def slope_test_cosines(head, dtype):
