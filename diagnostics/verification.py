@@ -68,8 +68,9 @@ def _roc(genuine: np.ndarray, impostor: np.ndarray) -> tuple[np.ndarray, np.ndar
     g, i = np.sort(genuine), np.sort(impostor)
     n_g, n_i = len(g), len(i)
     # merging the two sorted runs: a stable argsort of their concatenation is a linear merge
-    order = np.argsort(np.concatenate([g, i]), kind="stable")
-    v = np.concatenate([g, i])[order]  # ascending
+    both = np.concatenate([g, i])
+    order = np.argsort(both, kind="stable")
+    v = both[order]  # ascending
     first = np.flatnonzero(np.concatenate([[True], v[1:] != v[:-1]]))  # each distinct score
     below_g = np.concatenate([[0], np.cumsum(order < n_g)])[first]  # genuine scores below it
     tp = n_g - below_g
