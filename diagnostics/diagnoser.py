@@ -235,23 +235,10 @@ class Diagnoser:
             self._update_ovr(z, y, h["lse"], k)
 
     def _update_ovr(self, z: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, k: int) -> None:
-        """One-vs-rest score state: histograms of P(class c) over all samples and over the
-        samples of class c, and their sums and sums of squares."""
-        bins = HIST_BINS_FINE
+        """One-vs-rest score state (see :func:`_ovr_state`) of this batch, added to the total."""
         p = torch.exp(z.float() - lse.float()[:, None])
-        flat = (p * bins).long().clamp_max_(bins - 1)
-        flat += torch.arange(0, k * bins, bins, device=p.device)
-        o = self.ovr
-        o["all_hist"] += torch.bincount(flat.view(-1), minlength=k * bins).view(k, bins).cpu()
-        pos = flat.gather(1, y[:, None])[:, 0]
-        o["pos_hist"] += torch.bincount(pos, minlength=k * bins).view(k, bins).cpu()
-        ptrue = p.gather(1, y[:, None])[:, 0].double()
-        zeros = torch.zeros(k, dtype=torch.float64, device=p.device)
-        o["pos_sum"] += zeros.index_add(0, y, ptrue).cpu()
-        o["pos_sumsq"] += zeros.index_add(0, y, ptrue * ptrue).cpu()
-        p64 = p.double()  # narrow logits only (C <= MAX_COLUMN_KEYS): a small copy
-        o["all_sum"] += p64.sum(0).cpu()
-        o["all_sumsq"] += (p64 * p64).sum(0).cpu()
+        for key, value in _ovr_state(p, y, k).items():
+            self.ovr[key] += value.cpu()
 
     # ------------------------------------------------------------------------------------------
     def merge(self, other: Diagnoser) -> Diagnoser:
@@ -691,23 +678,34 @@ _VECTOR_GROUP = {
 }
 
 
+def _ovr_state(p: torch.Tensor, y: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """One-vs-rest score state of rows with class probabilities ``p`` [B, k]: histograms of
+    P(class c) over all rows and over the rows of class c (``HIST_BINS_FINE`` bins, binned in
+    p's dtype), and their sums and sums of squares in float64; on p's device."""
+    bins = HIST_BINS_FINE
+    flat = (p * bins).long().clamp_max_(bins - 1)
+    flat += torch.arange(0, k * bins, bins, device=p.device)
+    p64 = p.double()  # narrow logits only (C <= MAX_COLUMN_KEYS) or reservoir rows: small
+    ptrue = p64.gather(1, y[:, None])[:, 0]
+    zeros = torch.zeros(k, dtype=torch.float64, device=p.device)
+    return {
+        "all_hist": torch.bincount(flat.view(-1), minlength=k * bins).view(k, bins),
+        "pos_hist": torch.bincount(flat.gather(1, y[:, None])[:, 0], minlength=k * bins).view(
+            k, bins
+        ),
+        "pos_sum": zeros.index_add(0, y, ptrue),
+        "pos_sumsq": zeros.index_add(0, y, ptrue * ptrue),
+        "all_sum": p64.sum(0),
+        "all_sumsq": (p64 * p64).sum(0),
+    }
+
+
 def _ovr_from_rows(logits: torch.Tensor, labels: torch.Tensor, k: int):
     """One-vs-rest histograms and moments, as the streaming state keeps them, from rows."""
-    p = torch.softmax(logits.double(), dim=1)
-    bins = HIST_BINS_FINE
-    idx = (p * bins).long().clamp_max_(bins - 1) + torch.arange(0, k * bins, bins)
-    all_h = torch.bincount(idx.view(-1), minlength=k * bins).view(k, bins).double()
-    pos_h = torch.bincount(idx.gather(1, labels[:, None])[:, 0], minlength=k * bins)
-    ptrue = p.gather(1, labels[:, None])[:, 0]
-    zeros = torch.zeros(k, dtype=torch.float64)
-    moments = {
-        "pos_sum": zeros.index_add(0, labels, ptrue).numpy(),
-        "pos_sumsq": zeros.index_add(0, labels, ptrue * ptrue).numpy(),
-        "all_sum": p.sum(0).numpy(),
-        "all_sumsq": (p * p).sum(0).numpy(),
-    }
+    state = _ovr_state(torch.softmax(logits.double(), dim=1), labels, k)
+    moments = {key: state[key].numpy() for key in ("pos_sum", "pos_sumsq", "all_sum", "all_sumsq")}
     n_c = torch.bincount(labels, minlength=k).double().numpy()
-    return pos_h.view(k, bins).double().numpy(), all_h.numpy(), moments, n_c
+    return state["pos_hist"].double().numpy(), state["all_hist"].double().numpy(), moments, n_c
 
 
 def _ovr_separation(pos_h, all_h, moments, n_c, bins: int) -> tuple[float, float, float]:
