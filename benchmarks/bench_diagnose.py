@@ -115,7 +115,9 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     cases = ["a", "b"] if args.case == "all" else [args.case]
     print(f"# diagnose on precomputed .npy files ({os.cpu_count()} CPUs), medians of {args.runs}")
-    print("| case | N | D | C | floor s | diagnose s | ratio (goal <= 3) | floor RSS GB | diagnose RSS GB |")
+    print(
+        "| case | N | D | C | floor s | diagnose s | ratio (goal <= 3) | floor RSS GB | diagnose RSS GB |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     try:
         for case in cases:
