@@ -68,20 +68,26 @@ class Diagnoser:
         process_group=None,
     ):
         self.space = check_space(space)
-        if not isinstance(bins, int) or bins < 1 or HIST_BINS_FINE % bins:
+        if not _is_int(bins) or bins < 1 or HIST_BINS_FINE % bins:
             raise ValueError(f"bins must be a positive divisor of {HIST_BINS_FINE}, got {bins!r}")
+        if not _is_int(seed):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        if not _is_int(hard_k) or hard_k < 0:
+            raise ValueError(f"hard_k must be a non-negative integer, got {hard_k!r}")
+        if margin_leak is not None and not isinstance(margin_leak, (bool, np.bool_)):
+            raise ValueError(f"margin_leak must be True, False or None, got {margin_leak!r}")
         self.head: HeadParams | None = head_params(head) if head is not None else None
-        self.bins = bins
+        self.bins = int(bins)
         self.seed = int(seed)
         self.margin_leak = margin_leak
         self.head_info = dict(head_info or {})
         self.thresholds = dict(thresholds or {})
         self.hard_k = int(hard_k)
         for name, value in (("pair_rows", pair_rows), ("retrieval_rows", retrieval_rows)):
-            if not isinstance(value, int) or value < 2:
+            if not _is_int(value) or value < 2:
                 raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
-        self.pair_rows = pair_rows
-        self.retrieval_rows = retrieval_rows
+        self.pair_rows = int(pair_rows)
+        self.retrieval_rows = int(retrieval_rows)
         self.sync_on_compute = bool(sync_on_compute)
         self.process_group = process_group
         self.reservoir = Reservoir(reservoir_size, seed)
@@ -90,14 +96,20 @@ class Diagnoser:
     # ------------------------------------------------------------------------------------------
     def reset(self) -> None:
         self.reservoir.reset()
+        # Class identity. With logits or a margin head, a label IS its class index (a logit
+        # column, a row of the head's weights): slots equal label values and ``_values`` is
+        # range(k). Without either, labels are any integers, given slots in order of arrival
+        # (reports never depend on slots: they sort by label value).
         self._values: list[int] = []  # slot -> raw label value
         self._slot: dict[int, int] = {}
         self.dim: int | None = None
+        self.synced = False  # True once sync() folded every rank in (see sync, compute)
         self.num_columns: int | None = None  # logits: None (none seen), 1 (binary logit) or C
         self.counts = torch.zeros(0, dtype=torch.float64)
         self.sums: torch.Tensor | None = None
         self.sqnorms = torch.zeros(0, dtype=torch.float64)
         self.nonfinite = 0
+        self.zero_norm = 0
         self.confusion: torch.Tensor | None = None
         self.colstats: dict | None = None
         self.ovr: dict | None = None
@@ -118,8 +130,8 @@ class Diagnoser:
     # ------------------------------------------------------------------------------------------
     def _slots(self, labels: torch.Tensor) -> torch.Tensor:
         """Class slots of raw label values, adding unseen labels."""
-        if self.num_columns is not None:
-            return labels  # with logits, labels are the column indices
+        if self._indexed:
+            return labels  # labels are logit columns / head rows
         values, inverse = torch.unique(labels, return_inverse=True)
         lut = []
         for v in values.tolist():
@@ -129,6 +141,11 @@ class Diagnoser:
             lut.append(self._slot[v])
         return torch.as_tensor(lut, dtype=torch.int64, device=labels.device)[inverse]
 
+    @property
+    def _indexed(self) -> bool:
+        """Whether labels index classes directly (logits or a head were given)."""
+        return self.num_columns is not None or self.head is not None
+
     def _grow(self, k: int) -> None:
         extra = k - len(self.counts)
         if extra <= 0:
@@ -137,28 +154,61 @@ class Diagnoser:
         self.sqnorms = torch.cat([self.sqnorms, torch.zeros(extra, dtype=torch.float64)])
         self.sums = torch.cat([self.sums, torch.zeros(extra, self.dim, dtype=torch.float64)])
 
-    def _init_logits(self, z: torch.Tensor | None) -> None:
-        cols = None if z is None else (1 if z.ndim == 1 else z.shape[1])
-        if self.counts.numel() == 0 and self.num_columns is None and not self._values:
-            self.num_columns = cols
-            if cols is not None:
-                k = 2 if cols == 1 else cols
-                self._values = list(range(k))
-                self.confusion = torch.zeros(k, k, dtype=torch.float64)
-                if 2 < cols <= MAX_COLUMN_KEYS:
-                    self.ovr = {
-                        "pos_hist": torch.zeros(k, HIST_BINS_FINE, dtype=torch.float64),
-                        "all_hist": torch.zeros(k, HIST_BINS_FINE, dtype=torch.float64),
-                        "pos_sum": torch.zeros(k, dtype=torch.float64),
-                        "pos_sumsq": torch.zeros(k, dtype=torch.float64),
-                        "all_sum": torch.zeros(k, dtype=torch.float64),
-                        "all_sumsq": torch.zeros(k, dtype=torch.float64),
-                    }
-        elif cols != self.num_columns:
+    def _check_shapes(self, b) -> None:
+        """Raise, without touching the state, when this batch cannot join the earlier ones."""
+        cols = _columns(b.logits)
+        d = b.embeddings.shape[1]
+        if d == 0:
             raise ValueError(
-                f"logits must keep one shape across batches: earlier batches had "
-                f"{self._describe(self.num_columns)}, this one has {self._describe(cols)}"
+                f"embeddings must have at least one column, got shape {(len(b.labels), 0)}"
             )
+        if self.head is not None and d != self.head.weight.shape[1]:
+            raise ValueError(
+                f"embeddings have D = {d} columns but the head's class weights have "
+                f"{self.head.weight.shape[1]} (weight shape {tuple(self.head.weight.shape)}); "
+                "pass the embeddings the head was applied to"
+            )
+        if self.dim is not None:
+            if d != self.dim:
+                raise ValueError(
+                    f"embeddings must keep D = {self.dim} columns across batches, "
+                    f"got shape {tuple(b.embeddings.shape)}"
+                )
+            if cols != self.num_columns:
+                raise ValueError(
+                    f"logits must keep one shape across batches: earlier batches had "
+                    f"{self._describe(self.num_columns)}, this one has {self._describe(cols)}"
+                )
+            if (b.ids is None) != (self.ids is None):
+                raise ValueError("ids must be given for every batch or for none")
+        if cols is not None:
+            what = "logit columns" if cols > 1 else "two classes of a binary logit"
+            check_label_range(b.labels, 2 if cols == 1 else cols, what)
+        if self.head is not None:
+            check_label_range(b.labels, self.head.num_classes, "head's class weights")
+
+    def _start(self, b) -> None:
+        """Fix D, the logit shape, ids and the class slots from the first batch."""
+        cols = _columns(b.logits)
+        self.dim = b.embeddings.shape[1]
+        self.sums = torch.zeros(0, self.dim, dtype=torch.float64)
+        self.ids = [] if b.ids is not None else None
+        self.num_columns = cols
+        if cols is None and self.head is not None:
+            self._values = list(range(self.head.num_classes))
+        if cols is not None:
+            k = 2 if cols == 1 else cols
+            self._values = list(range(k))
+            self.confusion = torch.zeros(k, k, dtype=torch.float64)
+            if 2 < cols <= MAX_COLUMN_KEYS:
+                self.ovr = {
+                    "pos_hist": torch.zeros(k, HIST_BINS_FINE, dtype=torch.float64),
+                    "all_hist": torch.zeros(k, HIST_BINS_FINE, dtype=torch.float64),
+                    "pos_sum": torch.zeros(k, dtype=torch.float64),
+                    "pos_sumsq": torch.zeros(k, dtype=torch.float64),
+                    "all_sum": torch.zeros(k, dtype=torch.float64),
+                    "all_sumsq": torch.zeros(k, dtype=torch.float64),
+                }
 
     @staticmethod
     def _describe(cols):
@@ -169,26 +219,24 @@ class Diagnoser:
     def update(self, embeddings, labels, logits=None, ids: Sequence[str] | None = None) -> None:
         """Add one batch. embeddings [B, D]; labels [B] integers; logits None, [B] or [B, C];
         ids an optional sequence of B strings (e.g. file paths). Rows with NaN/Inf are counted
-        in ``nonfinite_count`` and otherwise ignored."""
-        b = check_batch(embeddings, labels, logits, ids, drop_zero_rows=self.space == "cosine")
-        self._init_logits(b.logits)
-        if self.dim is None:
-            self.dim = b.embeddings.shape[1]
-            self.sums = torch.zeros(0, self.dim, dtype=torch.float64)
-        elif b.embeddings.shape[1] != self.dim:
-            raise ValueError(
-                f"embeddings must keep D = {self.dim} columns across batches, "
-                f"got shape {tuple(b.embeddings.shape)}"
+        in ``nonfinite_count`` and all-zero rows in cosine space in ``zero_norm_count``; both
+        are otherwise ignored.
+
+        With logits or a head, labels are class indices (logit columns, head weight rows) and
+        must lie in [0, C). The whole batch is validated before anything is added: a batch
+        that raises leaves the state as it was.
+        """
+        if self.synced:
+            raise RuntimeError(
+                "this Diagnoser was synced and holds every rank's samples; call reset() "
+                "before feeding the next evaluation"
             )
-        if self.ids is None and self.counts.sum() == 0 and not self.samples["label"]:
-            self.ids = [] if b.ids is not None else None
-        if (b.ids is None) != (self.ids is None):
-            raise ValueError("ids must be given for every batch or for none")
+        b = check_batch(embeddings, labels, logits, ids, drop_zero_rows=self.space == "cosine")
+        self._check_shapes(b)
+        if self.dim is None:
+            self._start(b)
         self.nonfinite += b.dropped
-        if self.num_columns is not None:
-            k = len(self._values)
-            what = "logit columns" if self.num_columns > 1 else "two classes of a binary logit"
-            check_label_range(b.labels, k, what)
+        self.zero_norm += b.zero_rows
         slots = self._slots(b.labels)
         self._grow(len(self._values))
         if len(slots) == 0:
@@ -213,7 +261,6 @@ class Diagnoser:
         if b.logits is not None:
             self._update_logits(b.logits, slots)
         if self.head is not None:
-            check_label_range(slots, self.head.num_classes, "head's class weights")
             t, o = _angles_update(b.embeddings, slots, self.head.weight, b.norms)
             self.samples["angle_true"].append(t.cpu())
             self.samples["angle_other"].append(o.cpu())
@@ -243,6 +290,11 @@ class Diagnoser:
     # ------------------------------------------------------------------------------------------
     def merge(self, other: Diagnoser) -> Diagnoser:
         """Fold another accumulator (same options) into this one; returns self."""
+        if self.synced:
+            raise RuntimeError(
+                "this Diagnoser was synced and holds every rank's samples; merge into a "
+                "Diagnoser that was not synced"
+            )
         if (other.space, other.bins, other.reservoir.capacity, other.seed) != (
             self.space,
             self.bins,
@@ -250,14 +302,24 @@ class Diagnoser:
             self.seed,
         ):
             raise ValueError("cannot merge Diagnosers built with different options")
+        head_classes = (
+            None if self.head is None else self.head.num_classes,
+            None if other.head is None else other.head.num_classes,
+        )
+        if head_classes[0] != head_classes[1]:
+            raise ValueError(
+                f"cannot merge: one Diagnoser has a head of {head_classes[0]} classes and the "
+                f"other of {head_classes[1]} (None: no head)"
+            )
         if other.dim is None:
             return self
         if self.dim is None:
             self.dim = other.dim
             self.sums = torch.zeros(0, self.dim, dtype=torch.float64)
             self.num_columns = other.num_columns
-            if other.num_columns is not None:
+            if other._indexed:
                 self._values = list(other._values)
+            if other.num_columns is not None:
                 self.confusion = torch.zeros_like(other.confusion)
                 self.ovr = (
                     None
@@ -284,6 +346,7 @@ class Diagnoser:
             self.sums.index_add_(0, mapping, other.sums)
             self.sqnorms.index_add_(0, mapping, other.sqnorms)
         self.nonfinite += other.nonfinite
+        self.zero_norm += other.zero_norm
         for key, chunks in other.samples.items():
             if key == "label":
                 self.samples[key].extend(mapping[c] for c in chunks)
@@ -318,20 +381,29 @@ class Diagnoser:
         """Fold the states of every rank of ``group`` into this one (all ranks end equal).
 
         Fixed-shape states are all-reduced, per-sample scalars and the reservoir all-gathered
-        (uneven sizes per rank are padded). Call once per evaluation: syncing twice counts the
-        other ranks twice.
+        (uneven sizes per rank are padded). Afterwards the Diagnoser is marked synced: a second
+        ``sync()`` does nothing, ``compute()`` reports on the synced state without syncing
+        again, and ``update``/``merge`` raise until ``reset()``.
         """
         from .distributed import sync_diagnoser
 
-        return sync_diagnoser(self, group)
+        if self.synced:
+            return self
+        sync_diagnoser(self, group)
+        self.synced = True
+        return self
 
     def compute(self):
         """The report of everything seen so far (the state is kept).
 
         Under an initialised torch.distributed process group (and ``sync_on_compute``), the
-        report covers every rank's samples and is identical on all ranks.
+        report covers every rank's samples and is identical on all ranks (a Diagnoser already
+        synced with ``sync()`` is not synced again).
+
+        Raises ValueError when no usable row was seen (all were non-finite or all-zero, or no
+        rows were given): a report of nothing would read as a report of a model.
         """
-        if self.sync_on_compute:
+        if self.sync_on_compute and not self.synced:
             import torch.distributed as dist
 
             if dist.is_available() and dist.is_initialized():
@@ -356,12 +428,9 @@ class Diagnoser:
         metrics["n"] = n
         metrics["num_classes"] = float(present.sum())
         metrics["nonfinite_count"] = float(self.nonfinite)
+        metrics["zero_norm_count"] = float(self.zero_norm)
         if n == 0:
-            reasons["n"] = "no finite samples were given"
-            report = Report(
-                metrics=metrics, reasons=reasons, sampled={}, sections={}, meta=self._meta()
-            )
-            return report
+            raise ValueError(self._no_rows_message())
         labels = torch.cat(self.samples["label"])
         self._geometry(metrics, reasons)
         if self.num_columns is not None:
@@ -378,6 +447,25 @@ class Diagnoser:
             metrics=metrics, reasons=reasons, sampled=sampled, sections=sections, meta=self._meta()
         )
         return report.with_recommendations(recommend(report, thresholds=self.thresholds))
+
+    def _no_rows_message(self) -> str:
+        dropped = self.nonfinite + self.zero_norm
+        if dropped == 0:
+            return "no usable rows: no rows were given"
+        why = []
+        if self.nonfinite:
+            why.append(f"{self.nonfinite} with NaN or Inf in the embeddings or logits")
+        if self.zero_norm:
+            why.append(f"{self.zero_norm} all-zero (no direction in cosine space)")
+        return f"no usable rows: all {dropped} rows were dropped ({', '.join(why)})"
+
+    def dropped_summary(self) -> str | None:
+        """One line when more than half of the rows given were dropped, else None."""
+        dropped = self.nonfinite + self.zero_norm
+        total = dropped + float(self.counts.sum())
+        if total == 0 or dropped * 2 <= total:
+            return None
+        return dropped_line(self.nonfinite, self.zero_norm, total)
 
     def _meta(self) -> dict:
         return {
@@ -734,6 +822,25 @@ def _ovr_separation(pos_h, all_h, moments, n_c, bins: int) -> tuple[float, float
     hel_v = float(np.nanmean(hel)) if hel and np.isfinite(hel).any() else NAN
     fis_v = float(np.nanmean(fis)) if fis and np.isfinite(fis).any() else NAN
     return ks_v, hel_v, fis_v
+
+
+def dropped_line(nonfinite: float, zero_norm: float, total: float) -> str:
+    """ "900 of 1000 rows were dropped: 850 with NaN/Inf, 50 all-zero"."""
+    parts = []
+    if nonfinite:
+        parts.append(f"{int(nonfinite)} with NaN/Inf")
+    if zero_norm:
+        parts.append(f"{int(zero_norm)} all-zero")
+    return f"{int(nonfinite + zero_norm)} of {int(total)} rows were dropped: {', '.join(parts)}"
+
+
+def _columns(z: torch.Tensor | None) -> int | None:
+    """Logit width: None without logits, 1 for one binary logit [N], else C."""
+    return None if z is None else (1 if z.ndim == 1 else z.shape[1])
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _merge_colstats(a: dict, b: dict) -> None:

@@ -81,6 +81,7 @@ def _describe(d: Diagnoser) -> dict:
         "reservoir": len(d.reservoir),
         "seen": int(d.reservoir.seen),
         "nonfinite": int(d.nonfinite),
+        "zero_norm": int(d.zero_norm),
         "_samples": samples,
         "_id_chars": np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)),
         "_id_blob": blob,
@@ -147,8 +148,8 @@ def _gather_rows(t: torch.Tensor, lengths: list[int], group, device) -> torch.Te
 def sync_diagnoser(diagnoser: Diagnoser, group=None) -> Diagnoser:
     """Fold the states of every rank of ``group`` into ``diagnoser``, in place; returns it.
 
-    A collective: every rank of ``group`` must call it, once per evaluation (syncing twice
-    counts the other ranks twice). Afterwards every rank holds the same state, equal to that of
+    A collective: every rank of ``group`` must call it, once per evaluation (this function
+    syncing twice counts the other ranks twice; ``Diagnoser.sync`` guards against that). Afterwards every rank holds the same state, equal to that of
     one Diagnoser fed every rank's batches in rank order, except that class slots follow the
     sorted label values (slots are internal; reports do not depend on them) and sums differ by
     float64 rounding. A rank that saw no samples (``dim`` None) contributes nothing.
@@ -167,6 +168,7 @@ def sync_diagnoser(diagnoser: Diagnoser, group=None) -> Diagnoser:
     live = _check(descs)
     d = diagnoser
     d.nonfinite = sum(e["nonfinite"] for e in descs)
+    d.zero_norm = sum(e["zero_norm"] for e in descs)
     seen = sum(e["seen"] for e in descs)
     if not live:
         d.reservoir.seen = seen
@@ -264,7 +266,7 @@ def sync_diagnoser(diagnoser: Diagnoser, group=None) -> Diagnoser:
     # install the common state
     d.dim, d.num_columns = dim, cols
     d._values = values
-    d._slot = {} if cols is not None else dict(pos)
+    d._slot = {} if d._indexed else dict(pos)
     d.counts, d.sums, d.sqnorms = reduced_sum["counts"], reduced_sum["sums"], reduced_sum["sqnorms"]
     if cols is not None:
         d.confusion = reduced_sum["confusion"]

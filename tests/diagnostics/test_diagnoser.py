@@ -127,8 +127,8 @@ def test_edge_cases_never_crash():
     assert "logits.col0.mean" not in big.metrics  # column keys only for narrow logits
     binary = diagnose(x, y, np.random.default_rng(0).normal(size=50), **FAST)
     assert 0 <= binary.metrics["score_ks"] <= 1
-    empty = diagnose(np.full((4, 3), np.nan), [0, 1, 0, 1], **FAST)
-    assert empty.metrics["n"] == 0 and empty.metrics["nonfinite_count"] == 4
+    with pytest.raises(ValueError, match=r"^no usable rows: all 4 rows were dropped \(4 with NaN"):
+        diagnose(np.full((4, 3), np.nan), [0, 1, 0, 1], **FAST)
 
 
 def test_binary_score_ks_matches_scipy():

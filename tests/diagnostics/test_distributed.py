@@ -120,14 +120,25 @@ def _worker(rank, world, port, out):
         for name in CASES:
             d = Diagnoser(**_options(name))
             _feed(d, name, _shard(name, rank, world))
-            report = d.compute()  # syncs a deep copy
+            report = _report_or_error(d)  # syncs a deep copy
+            again = _report_or_error(d)  # compute twice
             own = _reservoir(d)
             d.sync()
+            after_sync = _report_or_error(d)  # sync then compute: must not sync again
+            d.sync()  # sync twice: a no-op
             result = {
-                "report": report.to_json(),
+                "report": report,
+                "again": again,
+                "after_sync": after_sync,
+                "after_second_sync": _report_or_error(d),
                 "reservoir": _reservoir(d),
                 "own_seen": own["seen"],
             }
+            try:
+                d.update(torch.randn(2, 6), torch.tensor([0, 1]))
+                result["update_after_sync"] = None
+            except RuntimeError as e:
+                result["update_after_sync"] = str(e)
             with open(os.path.join(out, f"{name}-{rank}.json"), "w") as f:
                 json.dump(result, f)
         # a non-default group passed as the Diagnoser's process_group
@@ -151,6 +162,14 @@ def _worker(rank, world, port, out):
             json.dump(errors, f)
     finally:
         dist.destroy_process_group()
+
+
+def _report_or_error(d):
+    """The report's JSON, or the ValueError's message where there is nothing to report."""
+    try:
+        return d.compute().to_json()
+    except ValueError as e:
+        return json.dumps({"error": str(e)})
 
 
 def _free_port():
@@ -207,10 +226,18 @@ def _close(a, b, path=""):
 def test_synced_report_equals_single_process(synced, name):
     world, results = synced
     per_rank = results[name]
-    reports = [Report.from_json(r["report"]) for r in per_rank]
-    # every rank reports the same, to the bit
+    # every rank reports the same, to the bit, however compute and sync are called
+    for r in per_rank:
+        assert r["again"] == r["after_sync"] == r["after_second_sync"] == r["report"]
+        assert r["update_after_sync"].startswith("this Diagnoser was synced")
     assert all(r["report"] == per_rank[0]["report"] for r in per_rank)
     one = _single(name, world)
+    if CASES[name].get("empty") == "all":  # nothing to report: the same error everywhere
+        with pytest.raises(ValueError, match="no usable rows: no rows were given"):
+            one.compute()
+        assert json.loads(per_rank[0]["report"]) == {"error": "no usable rows: no rows were given"}
+        return
+    reports = [Report.from_json(r["report"]) for r in per_rank]
     ref = one.compute()
     got = reports[0]
     same_metrics(got.metrics, ref.metrics, rel=1e-6, abs_=1e-9)
