@@ -11,6 +11,7 @@ import torch
 from . import metrics as M
 from ._validation import check_batch, check_label_range, check_space
 from .heads import HeadParams, _angles_update, head_health, head_params
+from .pca import pca_view
 from .reservoir import Reservoir
 
 NAN = float("nan")
@@ -683,7 +684,7 @@ class Diagnoser:
             reasons["centroid_confusion_count"] = "needs at least two classes"
         self._pairs(x[: self.pair_rows], y[: self.pair_rows], metrics, reasons, sections)
         self._retrieval(x[: self.retrieval_rows], y[: self.retrieval_rows], metrics, reasons)
-        sections["pca"] = _pca_view(x, y, self._values, self.seed)
+        sections["pca"] = pca_view(x, y, self._values, self.seed)
 
     def _pairs(self, x, y, metrics, reasons, sections) -> None:
         """Genuine vs impostor cosine similarities of every pair among these rows."""
@@ -851,33 +852,6 @@ def _merge_colstats(a: dict, b: dict) -> None:
     a["sumsq"] += b["sumsq"]
     a["min"] = torch.minimum(a["min"], b["min"])
     a["max"] = torch.maximum(a["max"], b["max"])
-
-
-def _top_directions(centred: torch.Tensor, k: int) -> torch.Tensor:
-    """The k leading principal directions [k, D] of centred rows, from the D x D scatter.
-
-    The eigensolver runs on one thread (see ``metrics.one_thread``).
-    """
-    with M.one_thread():
-        _, vecs = torch.linalg.eigh(centred.T @ centred)
-    return vecs[:, -k:].flip(1).T
-
-
-def _pca_view(x: torch.Tensor, y: torch.Tensor, values, seed: int, limit: int = 2000) -> dict:
-    """2-D PCA coordinates of at most ``limit`` reservoir rows (the first by key order)."""
-    x, y = x[:limit].double(), y[:limit]
-    if len(x) < 3 or x.shape[1] < 2:
-        return {"x": [], "y": [], "label": []}
-    centred = x - x.mean(0)
-    v = _top_directions(centred, 2)
-    # fix the sign of each axis so the view does not flip between runs
-    v = v * torch.sign(v[:, v.abs().argmax(dim=1)].diagonal())[:, None]
-    xy = (centred @ v.T).numpy()
-    return {
-        "x": np.round(xy[:, 0], 5).tolist(),
-        "y": np.round(xy[:, 1], 5).tolist(),
-        "label": [int(values[i]) for i in y.tolist()],
-    }
 
 
 def diagnose(embeddings, labels, logits=None, head=None, *, ids=None, **options):
