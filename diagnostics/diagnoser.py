@@ -478,6 +478,7 @@ class Diagnoser:
             "dim": self.dim,
             "logit_columns": self.num_columns,
             "head_kind": None if self.head is None else self.head.kind,
+            "head_kind_source": None if self.head is None else self.head.kind_source,
             "head_info": self.head_info,
         }
 

@@ -47,12 +47,15 @@ def find_margin_head(model: nn.Module) -> nn.Module | None:
 @dataclass(frozen=True)
 class HeadParams:
     """What diagnostics read from a margin head: m (radians for angular margins), s, the class
-    weights [C, D] and the margin kind ("angular" for ArcFace-like, "cosine" for CosFace-like)."""
+    weights [C, D] and the margin kind ("angular" for ArcFace-like, "cosine" for CosFace-like,
+    "unknown"), with where the kind came from ("declared" by the head's ``margin_type``, or
+    "class name" for a head that does not declare it)."""
 
     m: float
     s: float
     weight: torch.Tensor
     kind: str
+    kind_source: str = "declared"
 
     @property
     def num_classes(self) -> int:
@@ -65,15 +68,19 @@ def head_params(head: nn.Module) -> HeadParams:
             f"head must have a 2-D weight [C, D] and numeric m/margin and s/scale, "
             f"got {type(head).__name__}"
         )
-    kind = getattr(head, "margin_type", None)
-    if kind is None:
+    kind, source = getattr(head, "margin_type", None), "declared"
+    if kind not in ("angular", "cosine"):
+        # a head from another library that does not declare its margin: its class name is
+        # the only hint (ArcFace-like names hold "arc", CosFace/AM-softmax-like "cos")
         name = type(head).__name__.lower()
         kind = "angular" if "arc" in name else "cosine" if "cos" in name else "unknown"
+        source = "class name"
     return HeadParams(
         _number(head, "m", "margin"),
         _number(head, "s", "scale"),
         head.weight.detach(),
         kind,
+        source,
     )
 
 

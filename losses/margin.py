@@ -56,6 +56,11 @@ class MarginHead(nn.Module, abc.ABC):
     #: whether ``_target_logit_and_slope`` describes this class's ``_target_logit``
     _has_slope: bool = False
 
+    #: the kind of margin, read by diagnostics: "angular" (added to the angle, ArcFace-like:
+    #: m in radians, a fallback region where t + m > pi) or "cosine" (subtracted from the
+    #: cosine, CosFace-like). A subclass declares its own; None means not declared.
+    margin_type: str | None = None
+
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         for klass in cls.__mro__:  # the most derived class defining either method decides
@@ -191,6 +196,8 @@ class ArcFaceHead(MarginHead):
     easy_margin : bool
     """
 
+    margin_type = "angular"
+
     def __init__(
         self,
         embedding_dim: int,
@@ -222,28 +229,30 @@ class ArcFaceHead(MarginHead):
         self._mm = math.sin(math.pi - m) * m  # = m sin m
         return m
 
-    def _target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
-        sin = torch.sqrt(torch.clamp(1.0 - cos_target * cos_target, min=_SIN2_EPS))
+    def _formula(self, cos_target: torch.Tensor):
+        """The one statement of the margin: ``(psi(cos), keep, sin^2, sin)`` where ``keep``
+        marks where ``cos(t + m)`` applies (elsewhere the fallback or the plain cosine)."""
+        sin2 = torch.rsub(cos_target * cos_target, 1.0)
+        sin = sin2.clamp_min(_SIN2_EPS).sqrt()
         phi = torch.add(cos_target * self._cos_m, sin, alpha=-self._sin_m)
         if self.easy_margin:
-            return torch.where(cos_target > 0, phi, cos_target)
-        return torch.where(cos_target > self._th, phi, cos_target - self._mm)
+            keep = cos_target > 0
+            return torch.where(keep, phi, cos_target), keep, sin2, sin
+        keep = cos_target > self._th
+        return torch.where(keep, phi, cos_target - self._mm), keep, sin2, sin
+
+    def _target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
+        return self._formula(cos_target)[0]
 
     def _target_logit_and_slope(
         self, cos_target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        value, keep, sin2, sin = self._formula(cos_target)
         # d phi / d cos = cos m + sin m cos / sin, where the clamp is inactive (autograd's
-        # clamp passes the gradient where 1 - cos^2 >= eps), else cos m
-        sin2 = torch.rsub(cos_target * cos_target, 1.0)
-        sin = sin2.clamp_min(_SIN2_EPS).sqrt_()
-        phi = torch.add(cos_target * self._cos_m, sin, alpha=-self._sin_m)
+        # clamp passes the gradient where 1 - cos^2 >= eps), else cos m; 1 off the margin
         dphi = torch.where(sin2 >= _SIN2_EPS, cos_target, 0.0).div_(sin)
         dphi = dphi.mul_(self._sin_m).add_(self._cos_m)
-        if self.easy_margin:
-            keep = cos_target > 0
-            return torch.where(keep, phi, cos_target), torch.where(keep, dphi, 1.0)
-        keep = cos_target > self._th
-        return torch.where(keep, phi, cos_target - self._mm), torch.where(keep, dphi, 1.0)
+        return value, torch.where(keep, dphi, 1.0)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", easy_margin={self.easy_margin}"
@@ -264,13 +273,15 @@ class CosFaceHead(MarginHead):
         Scale, > 0.
     """
 
+    margin_type = "cosine"
+
     def __init__(
         self, embedding_dim: int, num_classes: int, m: float = 0.35, s: float = 64.0
     ) -> None:
         super().__init__(embedding_dim, num_classes, m, s)
 
     def _target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
-        return cos_target - self._m
+        return self._target_logit_and_slope(cos_target)[0]
 
     def _target_logit_and_slope(self, cos_target: torch.Tensor) -> tuple[torch.Tensor, None]:
         return cos_target - self._m, None

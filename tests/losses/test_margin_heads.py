@@ -420,3 +420,24 @@ def test_eval_head_exports_with_torch_export():
     x, _ = batch()
     exported = torch.export.export(head, (x,))
     assert torch.equal(exported.module()(x), head(x))
+
+
+def test_heads_declare_their_margin_kind_and_diagnostics_read_it():
+    from embscope.diagnostics.heads import head_params
+
+    assert ArcFaceHead.margin_type == "angular" and CosFaceHead.margin_type == "cosine"
+    assert head_params(ArcFaceHead(4, 3)).kind_source == "declared"
+
+    class CosineNamedButAngular(ArcFaceHead):  # the declaration wins over the name
+        pass
+
+    assert head_params(CosineNamedButAngular(4, 3)).kind == "angular"
+
+    class MyArcMarginProduct(torch.nn.Module):  # a foreign head: no declaration
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(3, 4))
+            self.m, self.s = 0.5, 30.0
+
+    p = head_params(MyArcMarginProduct())
+    assert (p.kind, p.kind_source) == ("angular", "class name")
