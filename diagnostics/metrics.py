@@ -212,14 +212,20 @@ def nc1(embeddings, labels, *, space: str = "cosine") -> float:
     """
     x, idx, k = _geometry_inputs(embeddings, labels, space)
     counts, sums, _ = _class_sums_update(x, idx, k)
-    return _nc1_compute(x.double(), idx, counts, sums, weight=1.0)[0]
+    return _nc1_compute(x, idx, counts, sums, weight=1.0)[0]
+
+
+_NC1_BLOCK = 1 << 22  # float64 elements of one block of centred rows (32 MB)
 
 
 def _nc1_compute(
     x: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor, weight: float
 ) -> tuple[float, str | None]:
     """NC1 with exact class means and S_W from the rows ``x`` scaled by ``weight``
-    (1 when x holds every sample, N / K when it is a uniform sample of K rows)."""
+    (1 when x holds every sample, N / K when it is a uniform sample of K rows).
+
+    Memory is linear in D: the k x D between-class factor, its pseudo-inverse and one block
+    of rows at a time in float64; never a D x D matrix."""
     present = counts > 0
     k = int(present.sum())
     if k < 2:
@@ -231,9 +237,15 @@ def _nc1_compute(
     a = (means - mu)[present] * counts[present].sqrt()[:, None]
     with one_thread():
         a_pinv = torch.linalg.pinv(a)  # [D, k]
-    centred = x.double().cpu() - means[idx.cpu()]
-    value = float(weight * (centred @ a_pinv).square().sum() / k)
-    return value, None
+    # the float64 centred rows exist one block at a time, never as a second N x D copy
+    idx = idx.cpu()
+    rows = max(1, _NC1_BLOCK // max(1, x.shape[1]))
+    total = 0.0
+    for start in range(0, x.shape[0], rows):
+        block = x[start : start + rows].to("cpu", torch.float64)
+        centred = block - means[idx[start : start + rows]]
+        total += float((centred @ a_pinv).square().sum())
+    return float(weight * total / k), None
 
 
 # ----------------------------------------------------------------------------------------------

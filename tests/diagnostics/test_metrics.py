@@ -99,6 +99,26 @@ def test_nc1_matches_numpy():
     assert nc1(x, y) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("block", [1 << 22, 7, 1])
+def test_nc1_wider_than_rows_and_in_blocks_matches_numpy(monkeypatch, block):
+    # D > N (S_W and S_B both rank-deficient); blocks of one row up to the whole matrix
+    import embscope.diagnostics.metrics as metrics
+
+    monkeypatch.setattr(metrics, "_NC1_BLOCK", block)
+    x, y = blobs(n=30, d=50, k=4, seed=6)
+    xs = _normalise(x.astype(np.float64))
+    mu = xs.mean(0)
+    sw = np.zeros((50, 50))
+    sb = np.zeros((50, 50))
+    for c in range(4):
+        xc = xs[y == c]
+        mc = xc.mean(0)
+        sw += (xc - mc).T @ (xc - mc)
+        sb += len(xc) * np.outer(mc - mu, mc - mu)
+    expected = np.trace(sw @ np.linalg.pinv(sb)) / 4
+    assert nc1(x, y) == pytest.approx(expected, rel=1e-6)
+
+
 def test_ks_distance_matches_scipy_with_ties():
     g = np.random.default_rng(0)
     a = np.round(g.normal(size=300), 1)
