@@ -13,6 +13,7 @@ Supported, in the order they are tried:
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.util
 import inspect
@@ -81,8 +82,28 @@ def make_cwd_importable() -> None:
         sys.path.insert(0, cwd)
 
 
+def path_problem(path: Path) -> str | None:
+    """What keeps ``path`` from being opened, when ``exists()`` cannot tell: "is a symlink loop",
+    "is a broken symbolic link (to TARGET)" or "is not readable (permission denied)"; None when
+    it is there, or simply missing."""
+    try:
+        os.stat(path)
+        return None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "is a symlink loop"
+        if error.errno in (errno.EACCES, errno.EPERM):
+            return "is not readable (permission denied on a folder above it)"
+        if os.path.islink(path):
+            return f"is a broken symbolic link (to {os.readlink(path)})"
+        return None
+
+
 def check_readable_file(path: Path, role: str) -> None:
     """Raise `UsageError` unless ``path`` is an existing, non-empty, readable file."""
+    problem = path_problem(path)
+    if problem is not None:
+        raise UsageError(path, problem, "check the path and its permissions")
     if not path.exists():
         raise UsageError(path, f"no such {role} file", "check the path")
     if path.is_dir():
@@ -120,19 +141,39 @@ def torch_load(path: Path, *, trust: bool, role: str, mmap: bool = False) -> Any
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         message = str(error)
-        if "Unsupported global" not in message and "not an allowed global" not in message:
+        if not _refused_by_weights_only(message):
             raise _not_a_torch_file(path, role, error) from error
         if not trust:
             found = re.search(r"GLOBAL ([\w.]+)", message)
             what = found.group(1) if found else "a Python object"
+            fix = TRUST_FIX
+            if role == "embeddings file":  # read with weights_only always: no flag unpickles it
+                fix = "save only tensors: torch.save({'embeddings': E, 'labels': y}, path)"
             raise UsageError(
-                path, f"holds pickled Python objects ({what}), not only tensors", TRUST_FIX
+                path, f"holds pickled Python objects ({what}), not only tensors", fix
             ) from error
     except UsageError:
         raise
     except Exception as error:  # torch raises EOFError, KeyError, RuntimeError... on foreign bytes
         raise _not_a_torch_file(path, role, error) from error
     return _unpickle(path)
+
+
+# What torch's weights-only unpickler says when it refuses a Python object (a class, a function,
+# a module it blocks), as opposed to bytes that are no pickle at all.
+_WEIGHTS_ONLY_REFUSALS = (
+    "GLOBAL",  # Unsupported global / unsupported GLOBAL ... whose module ... is blocked
+    "allowed global",
+    "allowlisted",
+    "unrecognized function",
+    "must be imported to load",
+)
+
+
+def _refused_by_weights_only(message: str) -> bool:
+    return "Weights only load failed" in message and any(
+        marker in message for marker in _WEIGHTS_ONLY_REFUSALS
+    )
 
 
 def _not_a_torch_file(path: Path, role: str, error: BaseException) -> UsageError:

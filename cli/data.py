@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from embscope.cli.checkpoint import check_readable_file, torch_load
+from embscope.cli.checkpoint import check_readable_file, path_problem, torch_load
 from embscope.cli.errors import UsageError, one_line
 
 IMAGE_EXTENSIONS = (
@@ -116,8 +116,7 @@ def open_inputs(
     """Open the model inputs at ``path`` (image folder, tensor file or table)."""
     path = Path(path)
     image = image or ImageOptions()
-    if not path.exists():
-        raise UsageError(path, "no such data file or folder", "check the path")
+    _check_path(path, "data file or folder")
     if path.is_dir():
         if (path / "embeddings.npy").exists():
             raise UsageError(
@@ -139,6 +138,20 @@ def open_inputs(
         f"has an unknown data format ({suffix or 'no suffix'})",
         "pass a folder of class folders of images, a .pt/.npz/.npy tensor file or a .csv/.parquet table",
     )
+
+
+def _check_path(path: Path, role: str) -> None:
+    """`UsageError` for a path that is missing, a symlink loop or broken link, or a folder this
+    user cannot list."""
+    problem = path_problem(path)
+    if problem is not None:
+        raise UsageError(path, problem, "check the path and its permissions")
+    if not path.exists():
+        raise UsageError(path, f"no such {role}", "check the path")
+    if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
+        raise UsageError(
+            path, "is not readable (a folder this user cannot list)", "check its permissions"
+        )
 
 
 def _reject_options(
@@ -184,6 +197,12 @@ class ImageFolder:
         labels: list[int] = []
         for index, name in enumerate(self.classes):
             folder = root / name
+            if not os.access(folder, os.R_OK | os.X_OK):
+                raise UsageError(
+                    folder,
+                    "is not readable (a folder this user cannot list)",
+                    "check its permissions",
+                )
             files = sorted(
                 p
                 for p in folder.rglob("*")
@@ -397,7 +416,15 @@ def _keys(content: Mapping[str, Any]) -> str:
     return f"keys [{', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''}]"
 
 
+def _check_dense(value: Any, where: str) -> None:
+    """Sparse (and other non-strided) tensors cannot be sliced into rows: refuse them."""
+    if isinstance(value, torch.Tensor) and value.layout != torch.strided:
+        layout = str(value.layout).removeprefix("torch.")
+        raise UsageError(where, f"is a {layout} tensor, not a dense one", "store tensor.to_dense()")
+
+
 def _as_tensor(value: Any, where: str) -> torch.Tensor:
+    _check_dense(value, where)
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
@@ -424,6 +451,7 @@ def _as_float(inputs: torch.Tensor) -> torch.Tensor:
 
 def _as_labels(value: Any, where: str) -> np.ndarray:
     """Integer class labels ``[N]`` as int64 (integral floats accepted)."""
+    _check_dense(value, where)
     array = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
@@ -593,16 +621,26 @@ class _TextIdsColumn:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.name = str(path)
-        with open(path, encoding="utf-8") as handle:
-            count = sum(1 for _ in handle)
+        fix = "write one id per line as UTF-8 text, or save the ids with np.save as ids.npy"
+        count = 0
+        try:
+            with open(path, "rb") as handle:
+                for count, line in enumerate(handle, start=1):
+                    if b"\x00" in line:
+                        raise UsageError(path, f"holds NUL bytes (line {count}): not text", fix)
+                    line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise UsageError(path, f"is not UTF-8 text (line {count})", fix) from error
+        except PermissionError as error:
+            raise UsageError(path, "is not readable", "check its permissions") from error
         self.shape = (count,)
         self.dtype = np.dtype(str)
 
     def chunks(self, rows: int) -> Iterator[list[str]]:
-        with open(self.path, encoding="utf-8") as handle:
+        with open(self.path, "rb") as handle:  # lines end at \n only, as counted above
             block: list[str] = []
             for line in handle:
-                block.append(line.rstrip("\r\n"))
+                block.append(line.decode("utf-8").rstrip("\r\n"))
                 if len(block) == rows:
                     yield block
                     block = []
@@ -649,8 +687,7 @@ class EmbeddingFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = path = Path(path)
-        if not path.exists():
-            raise UsageError(path, "no such embeddings file or folder", "check the path")
+        _check_path(path, "embeddings file or folder")
         columns = self._open_folder(path) if path.is_dir() else self._open_file(path)
         for required in ("embeddings", "labels"):
             if required not in columns:
@@ -664,6 +701,10 @@ class EmbeddingFile:
         self._validate()
 
     def _open_folder(self, path: Path) -> dict[str, _Column]:
+        for name in (*(f"{key}.npy" for key in EMBEDDING_FILES), "ids.txt"):
+            problem = path_problem(path / name)
+            if problem is not None:
+                raise UsageError(path / name, problem, "check the path and its permissions")
         if not (path / "embeddings.npy").exists():
             fix = (
                 "it looks like an image folder: pass the checkpoint too, diagnose CHECKPOINT DATA"
@@ -727,6 +768,7 @@ class EmbeddingFile:
                 if key == "ids" and isinstance(value, (list, tuple)):
                     columns[key] = _ListColumn(name, value)
                 elif isinstance(value, (torch.Tensor, np.ndarray)):
+                    _check_dense(value, name)
                     columns[key] = _SlicedColumn(name, value)
                 else:
                     raise UsageError(
@@ -742,11 +784,11 @@ class EmbeddingFile:
 
     def _validate(self) -> None:
         embeddings = self.columns["embeddings"]
-        if len(embeddings.shape) != 2 or embeddings.shape[0] == 0:
+        if len(embeddings.shape) != 2 or min(embeddings.shape) == 0:
             raise UsageError(
                 embeddings.name,
-                f"has shape {list(embeddings.shape)}; expected [N, D] with N >= 1",
-                "store one row per sample",
+                f"has shape {list(embeddings.shape)}; expected [N, D] with N >= 1 and D >= 1",
+                "store one row of at least one number per sample",
             )
         if not _is_float(embeddings.dtype):
             raise UsageError(
@@ -771,11 +813,11 @@ class EmbeddingFile:
                     f"write one {key[:-1]} per embedding row, in the same order",
                 )
         logits = self.columns.get("logits")
-        if logits is not None and len(logits.shape) not in (1, 2):
+        if logits is not None and (len(logits.shape) not in (1, 2) or 0 in logits.shape[1:]):
             raise UsageError(
                 logits.name,
-                f"has shape {list(logits.shape)}; expected [N] or [N, C]",
-                "store one logit row per sample",
+                f"has shape {list(logits.shape)}; expected [N] or [N, C] with C >= 1",
+                "store one logit row per sample, or leave the logits out",
             )
 
     def __len__(self) -> int:

@@ -16,6 +16,7 @@ traceback and shows Python warnings, which are otherwise silenced.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -32,6 +33,7 @@ from embscope.cli.errors import UsageError, one_line
 
 DEFAULT_OUT = "embscope-report"
 DEFAULT_BATCH_SIZE = 64
+MAX_SEED = 2**32 - 1
 EXAMPLES = """\
 examples:
   diagnose model.pt val/ --model models/net.py:build_net --grayscale --image-size 64
@@ -56,15 +58,17 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(self.prog, message, f"see {self.prog} --help")
 
 
-def _number(kind: type, minimum: float, what: str) -> Callable[[str], float]:
-    """An argparse type: ``kind(text)`` (int or float), at least ``minimum``."""
+def _number(
+    kind: type, minimum: float, what: str, maximum: float = math.inf
+) -> Callable[[str], float]:
+    """An argparse type: ``kind(text)`` (int or float) in [``minimum``, ``maximum``]."""
 
     def parse(text: str) -> float:
         try:
             value = kind(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             value = float("nan")
-        if not value >= minimum:  # also nan
+        if not minimum <= value <= maximum:  # also nan
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
         return value
 
@@ -74,6 +78,7 @@ def _number(kind: type, minimum: float, what: str) -> Callable[[str], float]:
 _positive_int = _number(int, 1, "a positive integer")
 _non_negative_int = _number(int, 0, "an integer >= 0")
 _non_negative_float = _number(float, 0.0, "a number >= 0")
+_seed = _number(int, 0, f"an integer from 0 to {MAX_SEED}", maximum=MAX_SEED)
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -145,7 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="take the embedding from this submodule's output (default: the model's embedding "
         "output, else the input of its final Linear layer or margin head)",
     )
-    model.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    model.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda, cuda:N or auto (default: auto, CUDA when available for a model; the CPU "
+        "for EMBEDDINGS, which --device cuda moves to the GPU chunk by chunk)",
+    )
     model.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -183,7 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="embeddings kept for retrieval and pair metrics (exact up to N samples; 0 turns them off)",
     )
     diag.add_argument(
-        "--seed", type=int, default=0, help="seed of the sampling beyond the reservoir"
+        "--seed",
+        type=_seed,
+        default=0,
+        metavar="N",
+        help=f"seed of the sampling beyond the reservoir (0 to {MAX_SEED}; default 0)",
     )
     out = parser.add_argument_group("output")
     out.add_argument(
@@ -202,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.02,
         metavar="X",
         help="allowed worsening: absolute for metrics in [-1, 1], relative beyond (default 0.02)",
+    )
+    ci.add_argument(
+        "--metrics",
+        metavar="NAME[,NAME]",
+        help="with --baseline: check only these metrics (needed when the baseline has other "
+        "classes, logits or space)",
     )
     ci.add_argument(
         "--fail-on",
@@ -226,6 +246,12 @@ def build_compare_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("a", metavar="A.json", help="the baseline report (e.g. the BCE model)")
     parser.add_argument("b", metavar="B.json", help="the candidate report (e.g. the ArcFace model)")
+    parser.add_argument(
+        "--metrics",
+        metavar="NAME[,NAME]",
+        help="compare only these metrics (needed when the reports have other classes, logits or "
+        "space)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -254,6 +280,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("diagnose: error: interrupted", file=sys.stderr)
         return 130
+    except PermissionError as error:  # one not caught where the file is opened
+        if debug:
+            traceback.print_exc()
+        where = error.filename or "a file"
+        print(
+            f"diagnose: error: {where}: permission denied ({one_line(error.strerror or '', 80)}) "
+            "(check its permissions)",
+            file=sys.stderr,
+        )
+        return 2
+    except MemoryError:
+        if debug:
+            traceback.print_exc()
+        print(
+            "diagnose: error: out of memory (lower --batch-size or --reservoir-size)",
+            file=sys.stderr,
+        )
+        return 2
     except Exception as error:
         if debug:
             traceback.print_exc()
@@ -267,12 +311,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from embscope.cli.ci import load_report
-    from embscope.diagnostics import compare
+    from embscope.cli.ci import compare_reports, load_report, parse_metric_names
 
+    metrics = parse_metric_names(args.metrics) if args.metrics is not None else None
     report_a = load_report(args.a, "A.json")
     report_b = load_report(args.b, "B.json")
-    comparison = compare(report_a, report_b)
+    comparison = compare_reports(report_a, report_b, paths=(args.a, args.b), metrics=metrics)
     print(comparison.to_markdown().rstrip())
     if comparison.recommendation is not None:
         rec = comparison.recommendation
@@ -296,12 +340,17 @@ def run(args: argparse.Namespace) -> int:
             f"expects CHECKPOINT DATA or EMBEDDINGS, got {len(args.inputs)} paths",
             "see diagnose --help",
         )
-    from embscope.cli.ci import load_report, parse_fail_on
+    from embscope.cli.ci import load_report, parse_fail_on, parse_metric_names
     from embscope.cli.output import check_out_dir
 
     # Everything that can be checked cheaply is checked before the model runs.
     check_out_dir(out, force=args.force)
     rules = parse_fail_on(args.fail_on) if args.fail_on is not None else []
+    if args.metrics is not None and args.baseline is None:
+        raise UsageError(
+            "--metrics", "applies only with --baseline", "add --baseline REPORT.json or remove it"
+        )
+    args.metrics = parse_metric_names(args.metrics) if args.metrics is not None else None
     baseline = load_report(args.baseline, "--baseline") if args.baseline is not None else None
 
     if len(args.inputs) == 1:
@@ -334,7 +383,13 @@ def _diagnoser(args: argparse.Namespace, **extra: Any) -> Any:
     options: dict[str, Any] = {"space": args.space, "seed": args.seed, **extra}
     if args.reservoir_size is not None:
         options["reservoir_size"] = args.reservoir_size
-    return Diagnoser(**options)
+    try:
+        return Diagnoser(**options)
+    except (ValueError, TypeError, OverflowError) as error:  # an option the Diagnoser refuses
+        message = str(error)
+        flags = {"reservoir_size": "--reservoir-size", "seed": "--seed", "space": "--space"}
+        flag = next((f for name, f in flags.items() if name in message), "diagnose")
+        raise UsageError(flag, one_line(message, 300), "see diagnose --help") from error
 
 
 def _update(diagnoser: Any, subject: object, *values: Any, **named: Any) -> None:
@@ -375,18 +430,46 @@ def _diagnose_embeddings(args: argparse.Namespace) -> tuple[Any, list[str]]:
                 f"applies to diagnose CHECKPOINT DATA, but only {path} was given",
                 f"remove {flag}, or pass the data too",
             )
+    device = _embeddings_device(args.device)
     source = EmbeddingFile(path)
     diagnoser = _diagnoser(args)
     rows = source.chunk_rows(args.batch_size)
     with _progress(len(source), "row") as bar:
         for chunk in shard_chunks(source.chunks(rows), -(-len(source) // rows)):
-            _update(
-                diagnoser, path, chunk.embeddings, chunk.labels, logits=chunk.logits, ids=chunk.ids
-            )
+            embeddings, labels, logits = chunk.embeddings, chunk.labels, chunk.logits
+            if device is not None:
+                embeddings, logits = _to_device(embeddings, device), _to_device(logits, device)
+            _update(diagnoser, path, embeddings, labels, logits=logits, ids=chunk.ids)
             bar.update(len(chunk.labels))
-    report = _compute(diagnoser, path)
+    report = _compute(diagnoser, path, "check the embeddings (and logits) file")
     meta = {"embeddings": str(path), "columns": sorted(source.columns)}
+    if device is not None:
+        meta["device"] = str(device)
     return replace(report, meta={**report.meta, "source": meta}), []
+
+
+def _embeddings_device(name: str) -> Any:
+    """Where precomputed embeddings are diagnosed: None (the CPU, as read) for ``auto`` and
+    ``cpu``, else the CUDA device named (`UsageError` when there is none). Under --distributed
+    the rank's chunks stay as read."""
+    from embscope.cli.distributed import active
+    from embscope.cli.model_run import resolve_device
+
+    device = resolve_device(name)  # also refuses cuda without CUDA, and unknown names
+    if name == "auto" or device.type == "cpu" or active() is not None:
+        return None
+    return device
+
+
+def _to_device(values: Any, device: Any) -> Any:
+    import numpy as np
+    import torch
+
+    if values is None:
+        return None
+    if isinstance(values, np.ndarray):
+        values = torch.from_numpy(values)
+    return values.to(device)
 
 
 def _warm_plotting() -> None:
@@ -452,7 +535,11 @@ def _diagnose_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
                 ids=batch.ids,
             )
             bar.update(len(batch.labels))
-    report = _compute(diagnoser, data_path)
+    report = _compute(
+        diagnoser,
+        f"{checkpoint}: the model's outputs on {data_path}",
+        "check the checkpoint's weights and that the data is scaled as in training",
+    )
     meta = {
         "checkpoint": str(checkpoint),
         "checkpoint_kind": loaded.kind,
@@ -467,11 +554,18 @@ def _diagnose_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
     return replace(report, meta={**report.meta, "source": meta}), notes
 
 
-def _compute(diagnoser: Any, subject: object) -> Any:
+def _compute(diagnoser: Any, subject: object, fix: str) -> Any:
+    """``Diagnoser.compute``; its ValueError (no usable row, ...) becomes a `UsageError`, and so
+    does a report of no rows: nothing is written for data that could not be used."""
     try:
-        return diagnoser.compute()
+        report = diagnoser.compute()
     except ValueError as error:
-        raise UsageError(subject, one_line(str(error), 300), "check the data") from error
+        raise UsageError(subject, one_line(str(error), 300), fix) from error
+    if report.metrics.get("n", 1) == 0:
+        from embscope.cli.output import dropped_rows
+
+        raise UsageError(subject, f"no usable rows: {dropped_rows(report.metrics)}", fix)
+    return report
 
 
 def _finish(
@@ -489,12 +583,18 @@ def _finish(
     report = main_rank_report(report)
     if report is None:  # --distributed: rank 0 writes and prints
         return 0
-    failures = broken_rules(rules, report.metrics) if rules else []
     regressions = []
     if baseline is not None:
-        from embscope.diagnostics import check_regression
+        from embscope.cli.ci import regressions as find_regressions
 
-        regressions = check_regression(report, baseline, tolerance=args.tolerance)
+        regressions = find_regressions(
+            report,
+            baseline,
+            baseline_path=args.baseline,
+            tolerance=args.tolerance,
+            metrics=args.metrics,
+        )
+    failures = broken_rules(rules, report.metrics) if rules else []
     files = write_report(report, out, force=args.force)
     lines = [summary_text(report, files=files, notes=notes)]
     if baseline is not None:

@@ -379,11 +379,16 @@ class ModelRunner:
     def _check_logits(self, logits: torch.Tensor, size: int, labels: torch.Tensor) -> torch.Tensor:
         if logits.ndim == 2 and logits.shape[1] == 1:
             logits = logits[:, 0]
-        if logits.ndim not in (1, 2) or logits.shape[0] != size or not logits.is_floating_point():
+        if (
+            logits.ndim not in (1, 2)
+            or logits.shape[0] != size
+            or 0 in logits.shape[1:]
+            or not logits.is_floating_point()
+        ):
             raise UsageError(
                 f"{self.subject} 'logits'",
                 f"has shape {list(logits.shape)} ({logits.dtype}) for a batch of {size}",
-                f"expected float logits [{size}] (one binary logit) or [{size}, C]",
+                f"expected float logits [{size}] (one binary logit) or [{size}, C] with C >= 1",
             )
         low, high = int(labels.min()), int(labels.max())
         classes = 2 if logits.ndim == 1 else logits.shape[1]
@@ -404,12 +409,17 @@ class ModelRunner:
             raise UsageError(
                 where, "was not produced: the layer was not called", "pass --embedding-layer NAME"
             )
-        if embedding.ndim != 2 or embedding.shape[0] != size or not embedding.is_floating_point():
+        if (
+            embedding.ndim != 2
+            or embedding.shape[0] != size
+            or embedding.shape[1] == 0
+            or not embedding.is_floating_point()
+        ):
             raise UsageError(
                 where,
                 f"has shape {list(embedding.shape)} ({embedding.dtype}) for a batch of {size}",
-                f"expected float embeddings [{size}, D]; return (embedding, logits) from forward, "
-                "or pass --embedding-layer naming a layer after pooling/flattening",
+                f"expected float embeddings [{size}, D] with D >= 1; return (embedding, logits) "
+                "from forward, or pass --embedding-layer naming a layer after pooling/flattening",
             )
         return embedding
 

@@ -6,7 +6,9 @@ docs/recommendations.md; every threshold can be overridden through ``thresholds`
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -128,7 +130,8 @@ def recommend(
     report: Report, *, baseline: Report | None = None, thresholds: dict | None = None
 ) -> list[Recommendation]:
     """Advice from a report, most severe first. With ``baseline`` (e.g. the BCE model's report
-    when ``report`` is the ArcFace model's), the comparison's verdict is added."""
+    when ``report`` is the ArcFace model's), the comparison's verdict is added; a baseline of
+    other classes, logits or space raises `IncomparableReports` (see `compare`)."""
     t = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     unknown = set(thresholds or {}) - set(DEFAULT_THRESHOLDS)
     if unknown:
@@ -413,6 +416,132 @@ COMPARE_KEYS = (
 )
 
 
+class IncomparableReports(ValueError):
+    """Two reports whose metrics do not measure the same thing (other classes, logits or space).
+
+    ``differences`` holds one phrase per difference, e.g. ``"classes: A has 10 (0..9), B has 2
+    (0, 1)"``; ``str()`` joins them into one message.
+    """
+
+    def __init__(self, differences: Sequence[str], sides: tuple[str, str]) -> None:
+        self.differences = list(differences)
+        self.sides = sides
+        super().__init__(
+            f"reports {sides[0]} and {sides[1]} cannot be compared: {'; '.join(self.differences)}"
+            " (pass metrics=[...] to compare the metrics you name anyway)"
+        )
+
+
+def differences(
+    report_a: Report, report_b: Report, sides: tuple[str, str] = ("A", "B")
+) -> list[str]:
+    """Why the metrics of two reports are not comparable one to one; empty when they are.
+
+    Reports differ when their class sets (the label values present), the number of classes their
+    logits score (one binary logit [N] scores two, like [N, 2]; no logits at all differs from any
+    logits) or their metric space (cosine, euclidean) differ. What a report does not record (a
+    hand-built report without ``meta`` or class table) is not held against it.
+    """
+    a_name, b_name = sides
+    found = []
+    labels_a, labels_b = _labels(report_a), _labels(report_b)
+    if labels_a is not None and labels_b is not None:
+        if labels_a != labels_b:
+            found.append(
+                f"classes: {a_name} has {_describe_labels(labels_a)}, "
+                f"{b_name} has {_describe_labels(labels_b)}"
+            )
+    else:
+        count_a, count_b = _class_count(report_a, labels_a), _class_count(report_b, labels_b)
+        if count_a is not None and count_b is not None and count_a != count_b:
+            found.append(f"classes: {a_name} has {count_a:g}, {b_name} has {count_b:g}")
+    meta_a, meta_b = _meta(report_a), _meta(report_b)
+    if "logit_columns" in meta_a and "logit_columns" in meta_b:
+        columns_a, columns_b = meta_a["logit_columns"], meta_b["logit_columns"]
+        if _scored(columns_a) != _scored(columns_b):
+            found.append(
+                f"logits: {a_name} has {_describe_logits(columns_a)}, "
+                f"{b_name} has {_describe_logits(columns_b)}"
+            )
+    space_a, space_b = meta_a.get("space"), meta_b.get("space")
+    if space_a is not None and space_b is not None and space_a != space_b:
+        found.append(f"metric space: {a_name} is {space_a}, {b_name} is {space_b}")
+    return found
+
+
+def _meta(report: Report) -> dict:
+    return report.meta if isinstance(report.meta, dict) else {}
+
+
+def _labels(report: Report) -> list | None:
+    """The sorted label values of the report's class table; None without one."""
+    rows = report.sections.get("classes") if isinstance(report.sections, dict) else None
+    if not isinstance(rows, list) or not rows:
+        return None
+    if not all(isinstance(r, dict) and isinstance(r.get("label"), int) for r in rows):
+        return None
+    return sorted({r["label"] for r in rows})
+
+
+def _class_count(report: Report, labels: list | None) -> float | None:
+    if labels is not None:
+        return float(len(labels))
+    count = _get(report, "num_classes")
+    return count if _finite(count) else None
+
+
+def _describe_labels(labels: list) -> str:
+    if len(labels) <= 4:
+        return f"{len(labels)} ({', '.join(map(str, labels))})"
+    contiguous = labels == list(range(labels[0], labels[-1] + 1))
+    middle = ".." if contiguous else ", ..., "
+    return f"{len(labels)} ({labels[0]}{middle}{labels[-1]})"
+
+
+def _scored(columns) -> int | None:
+    """Classes scored by logits of this width: None without logits, 2 for one binary logit."""
+    if columns is None:
+        return None
+    return 2 if columns == 1 else columns
+
+
+def _describe_logits(columns) -> str:
+    if columns is None:
+        return "no logits"
+    if columns == 1:
+        return "one binary logit [N]"
+    return f"logits [N, {columns}]"
+
+
+def _check_comparable(
+    report_a: Report, report_b: Report, metrics: Sequence[str] | None, sides: tuple[str, str]
+) -> list[str] | None:
+    """The metrics chosen by the caller (each in both reports), or None to compare them all.
+
+    Raises IncomparableReports when ``metrics`` is None and the reports differ (see
+    `differences`), ValueError when a chosen metric is missing from a report.
+    """
+    if metrics is None:
+        found = differences(report_a, report_b, sides)
+        if found:
+            raise IncomparableReports(found, sides)
+        return None
+    chosen = list(dict.fromkeys(metrics))
+    if not chosen:
+        raise ValueError("metrics is empty; name at least one metric, or pass None for all")
+    for report, side in ((report_a, sides[0]), (report_b, sides[1])):
+        _require_metrics(chosen, report.metrics, side)
+    return chosen
+
+
+def _require_metrics(names: Iterable[str], available, side: str) -> None:
+    for name in names:
+        if name not in available:
+            close = difflib.get_close_matches(str(name), list(available), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"report {side} has no metric {name!r}{hint}")
+
+
 def _tolerance_for(name: str, base: float, tolerance) -> float:
     tol = (
         tolerance.get(name, tolerance.get("*", 0.02)) if isinstance(tolerance, dict) else tolerance
@@ -425,7 +554,8 @@ class Comparison:
     """Metric deltas B - A with the better side per metric, and a verdict.
 
     verdict: "keep_arcface" / "disable_arcface" when B adds a margin head over A, otherwise
-    "b_better", "a_better" or "no_difference" (counting the scale-free metrics of COMPARE_KEYS).
+    "b_better", "a_better" or "no_difference" (counting the scale-free metrics of COMPARE_KEYS,
+    or the metrics the caller named).
     """
 
     deltas: dict
@@ -461,11 +591,25 @@ class Comparison:
         return "\n".join(lines) + "\n"
 
 
-def compare(report_a: Report, report_b: Report, *, tolerance: float = 0.01) -> Comparison:
-    """Compare two reports (A = baseline, e.g. BCE; B = candidate, e.g. ArcFace)."""
+def compare(
+    report_a: Report,
+    report_b: Report,
+    *,
+    tolerance: float = 0.01,
+    metrics: Sequence[str] | None = None,
+) -> Comparison:
+    """Compare two reports (A = baseline, e.g. BCE; B = candidate, e.g. ArcFace).
+
+    Reports of other classes, logit widths or metric spaces (see `differences`) raise
+    `IncomparableReports` unless ``metrics`` names the metrics to compare; the verdict then
+    counts those (with a direction) instead of COMPARE_KEYS.
+    """
+    chosen = _check_comparable(report_a, report_b, metrics, ("A", "B"))
+    names = sorted(set(report_a.metrics) & set(report_b.metrics)) if chosen is None else chosen
+    counted = set(COMPARE_KEYS) if chosen is None else set(chosen)
     deltas = {}
     wins, losses = [], []
-    for name in sorted(set(report_a.metrics) & set(report_b.metrics)):
+    for name in names:
         a, b = _get(report_a, name), _get(report_b, name)
         if not _finite(a, b):
             continue
@@ -474,7 +618,7 @@ def compare(report_a: Report, report_b: Report, *, tolerance: float = 0.01) -> C
         if d is not None and abs(b - a) > _tolerance_for(name, a, tolerance):
             better = "b" if (b > a) == (d == "higher") else "a"
         deltas[name] = {"a": a, "b": b, "delta": b - a, "direction": d, "better": better}
-        if name in COMPARE_KEYS:
+        if name in counted:
             (wins if better == "b" else losses if better == "a" else []).append(name)
     head_a = _finite(_get(report_a, "head.m")) and _get(report_a, "head.m") > 0
     head_b = _finite(_get(report_b, "head.m")) and _get(report_b, "head.m") > 0
@@ -532,16 +676,31 @@ class Regression:
         )
 
 
-def check_regression(report: Report, baseline: Report, tolerance=0.02) -> list[Regression]:
+def check_regression(
+    report: Report, baseline: Report, tolerance=0.02, *, metrics: Sequence[str] | None = None
+) -> list[Regression]:
     """Metrics of ``report`` worse than ``baseline`` by more than the tolerance.
 
     tolerance: a float, or a dict of metric -> float (key "*" for the rest). It is absolute for
     metrics whose baseline lies in [-1, 1] and relative to |baseline| beyond. A metric that was
     finite in the baseline and is nan now counts as a regression. Descriptive metrics (no
     direction) are never regressions.
+
+    A baseline of other classes, logit widths or metric space (see `differences`) raises
+    `IncomparableReports` unless ``metrics`` names the metrics to check; each named metric must
+    be in both reports and have a direction (ValueError otherwise).
     """
+    chosen = _check_comparable(report, baseline, metrics, ("report", "baseline"))
+    if chosen is not None:
+        undirected = [name for name in chosen if direction(name) is None]
+        if undirected:
+            raise ValueError(
+                f"metrics {undirected} have no better direction, so they cannot regress"
+            )
     out = []
     for name, base in baseline.metrics.items():
+        if chosen is not None and name not in chosen:
+            continue
         d = direction(name)
         if d is None or not _finite(base) or name not in report.metrics:
             continue
