@@ -215,7 +215,7 @@ def nc1(embeddings, labels, *, space: str = "cosine") -> float:
     return _nc1_compute(x, idx, counts, sums, weight=1.0)[0]
 
 
-_NC1_BLOCK = 1 << 22  # float64 elements of one block of centred rows (32 MB)
+_NC1_BLOCK = 1 << 18  # float64 elements of one block of rows (2 MB, cache-sized)
 
 
 def _nc1_compute(
@@ -225,7 +225,7 @@ def _nc1_compute(
     (1 when x holds every sample, N / K when it is a uniform sample of K rows).
 
     Memory is linear in D: the k x D between-class factor, its pseudo-inverse and one block
-    of rows at a time in float64; never a D x D matrix."""
+    of rows at a time in float64; never a D x D or a second N x D matrix."""
     present = counts > 0
     k = int(present.sum())
     if k < 2:
@@ -237,14 +237,16 @@ def _nc1_compute(
     a = (means - mu)[present] * counts[present].sqrt()[:, None]
     with one_thread():
         a_pinv = torch.linalg.pinv(a)  # [D, k]
-    # the float64 centred rows exist one block at a time, never as a second N x D copy
+    # (x_i - mu_{y_i}) A^+ = x_i A^+ - mu_{y_i} A^+: rows are projected onto the k columns
+    # block by block (float64), so no centred N x D copy is formed
+    proj_means = means @ a_pinv  # [C, k]
     idx = idx.cpu()
     rows = max(1, _NC1_BLOCK // max(1, x.shape[1]))
     total = 0.0
     for start in range(0, x.shape[0], rows):
-        block = x[start : start + rows].to("cpu", torch.float64)
-        centred = block - means[idx[start : start + rows]]
-        total += float((centred @ a_pinv).square().sum())
+        proj = x[start : start + rows].to("cpu", torch.float64) @ a_pinv
+        proj -= proj_means[idx[start : start + rows]]
+        total += float(proj.square().sum())
     return float(weight * total / k), None
 
 

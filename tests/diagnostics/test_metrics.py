@@ -99,13 +99,17 @@ def test_nc1_matches_numpy():
     assert nc1(x, y) == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.parametrize("block", [1 << 22, 7, 1])
-def test_nc1_wider_than_rows_and_in_blocks_matches_numpy(monkeypatch, block):
-    # D > N (S_W and S_B both rank-deficient); blocks of one row up to the whole matrix
+@pytest.mark.parametrize("block", [1 << 18, 7, 1])
+@pytest.mark.parametrize("spread", [1.0, 1e-4])
+def test_nc1_wider_than_rows_and_in_blocks_matches_numpy(monkeypatch, block, spread):
+    # D > N (S_W and S_B both rank-deficient); blocks of one row up to the whole matrix;
+    # nearly collapsed classes (spread 1e-4 around the means) as well as spread ones
     import embscope.diagnostics.metrics as metrics
 
     monkeypatch.setattr(metrics, "_NC1_BLOCK", block)
-    x, y = blobs(n=30, d=50, k=4, seed=6)
+    g = np.random.default_rng(6)
+    y = np.arange(30) % 4
+    x = (g.normal(size=(4, 50))[y] + spread * g.normal(size=(30, 50))).astype(np.float32)
     xs = _normalise(x.astype(np.float64))
     mu = xs.mean(0)
     sw = np.zeros((50, 50))
