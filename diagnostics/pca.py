@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .metrics import one_thread
+
+_SUBSET_FROM = 1024  # matrices larger than this use the subset eigensolver
+
 
 def pca_view(x: torch.Tensor, y: torch.Tensor, values, seed: int, limit: int = 2000) -> dict:
     """2-D PCA coordinates of at most ``limit`` reservoir rows (the first by key order).
@@ -62,16 +66,20 @@ def _top_directions(centred: torch.Tensor, k: int) -> torch.Tensor:
 
 def _leading_eigenvectors(a: torch.Tensor, k: int) -> torch.Tensor:
     """Eigenvectors [m, k] of the k largest eigenvalues of the symmetric m x m ``a``, largest
-    first.
+    first, on one thread (see ``metrics.one_thread``).
 
-    LAPACK's ``syevr`` on the requested index range skips the other m - k eigenvectors; it
-    runs on one BLAS thread, because on a busy 2-core machine two threads spin against each
-    other (see ``metrics.one_thread``).
+    Up to ``_SUBSET_FROM`` rows torch's full ``eigh``; beyond, LAPACK's ``syevr`` on the
+    requested index range, which skips the other m - k eigenvectors (worth importing
+    scipy.linalg only for large m).
     """
+    m = a.shape[0]
+    if m <= _SUBSET_FROM:
+        with one_thread():
+            _, vecs = torch.linalg.eigh(a)
+        return vecs[:, -k:].flip(1)
     from scipy.linalg import eigh
     from threadpoolctl import threadpool_limits
 
-    m = a.shape[0]
     with threadpool_limits(limits=1, user_api="blas"):
         _, vecs = eigh(a.numpy(), subset_by_index=[m - k, m - 1], driver="evr", overwrite_a=True)
     return torch.from_numpy(np.ascontiguousarray(vecs[:, ::-1]))

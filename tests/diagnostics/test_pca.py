@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.decomposition import PCA
 
-from embscope.diagnostics import diagnose
+from embscope.diagnostics import diagnose, pca
 from embscope.diagnostics.pca import pca_view
 
 from .conftest import blobs
@@ -26,10 +26,18 @@ def _coords(view: dict) -> np.ndarray:
     return np.column_stack([view["x"], view["y"]])
 
 
+@pytest.fixture(params=["full", "subset"])
+def solver(request, monkeypatch):
+    """Both eigensolvers: torch's full eigh (small matrices) and LAPACK's subset solver."""
+    if request.param == "subset":
+        monkeypatch.setattr(pca, "_SUBSET_FROM", 2)
+    return request.param
+
+
 # N < D (the N x N Gram), N > D (the D x D scatter) and N = D; coordinates are rounded to 5
 # decimals, so they agree to 5e-6 plus rounding of the solvers
 @pytest.mark.parametrize(("n", "d"), [(40, 300), (500, 12), (64, 64), (7, 5000)])
-def test_coordinates_match_sklearn(n, d):
+def test_coordinates_match_sklearn(n, d, solver):
     x, y = blobs(n=n, d=d, k=4, sep=2.0, seed=n + d)
     got = _coords(_view(x, y))
     expected = _reference(x)
@@ -40,7 +48,7 @@ def test_coordinates_match_sklearn(n, d):
     assert got == pytest.approx(expected, abs=1e-5)
 
 
-def test_only_the_first_limit_rows_enter_the_view():
+def test_only_the_first_limit_rows_enter_the_view(solver):
     x, y = blobs(n=300, d=20, k=3, seed=1)
     view = _view(x, y, limit=120)
     assert len(view["x"]) == 120
@@ -53,7 +61,7 @@ def test_labels_are_the_slot_values():
     assert view["label"] == [[-7, 1000, 42][c] for c in y]
 
 
-def test_row_order_only_permutes_the_points():
+def test_row_order_only_permutes_the_points(solver):
     x, y = blobs(n=80, d=200, k=4, sep=2.0, seed=3)
     perm = np.random.default_rng(0).permutation(80)
     a, b = _coords(_view(x, y)), _coords(_view(x[perm], y[perm]))
@@ -67,7 +75,7 @@ def test_too_few_rows_or_columns_give_an_empty_view(n, d):
 
 
 @pytest.mark.parametrize(("n", "d"), [(5, 50), (50, 5)])
-def test_zero_variance_axes_have_zero_coordinates(n, d):
+def test_zero_variance_axes_have_zero_coordinates(n, d, solver):
     g = np.random.default_rng(4)
     same = np.tile(g.normal(size=(1, d)), (n, 1)).astype(np.float32)
     view = _view(same, np.zeros(n, np.int64))
