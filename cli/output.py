@@ -225,13 +225,11 @@ def _count(metrics: Any, name: str) -> int:
 def dropped_rows(metrics: Any) -> str:
     """``"900 of 1000 rows were dropped: 850 with NaN/Inf, 50 all-zero"``, from a report's
     ``n``, ``nonfinite_count`` and ``zero_norm_count``."""
+    from embscope.diagnostics.diagnoser import dropped_line
+
     nonfinite, zero = _count(metrics, "nonfinite_count"), _count(metrics, "zero_norm_count")
-    dropped = nonfinite + zero
-    parts = [f"{nonfinite} with NaN/Inf"] if nonfinite else []
-    if zero:
-        parts.append(f"{zero} all-zero")
-    total = dropped + _count(metrics, "n")
-    return f"{dropped} of {total} rows were dropped: {', '.join(parts) or 'none'}"
+    total = nonfinite + zero + _count(metrics, "n")
+    return dropped_line(nonfinite, zero, total) if total else "no rows were given"
 
 
 def summary_text(report: Any, *, files: list[Path] | None = None, notes: list[str] = ()) -> str:

@@ -4,12 +4,15 @@ console script's own error path is covered in test_end_to_end.py."""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from embscope.cli.main import main
 from tests.cli.conftest import Digits
@@ -58,6 +61,55 @@ def short_labels(digits: Digits, tmp: Path) -> Path:
     np.save(data / "embeddings.npy", rng.normal(size=(50, 4)).astype(np.float32))
     np.save(data / "labels.npy", rng.integers(0, 3, size=47))
     return data
+
+
+def embeddings_npz(tmp: Path, name: str = "e.npz", **arrays: np.ndarray) -> Path:
+    """20 rows of 4-d embeddings and 3 classes, with ``arrays`` replacing or adding columns."""
+    rng = np.random.default_rng(0)
+    columns = {
+        "embeddings": rng.normal(size=(20, 4)).astype(np.float32),
+        "labels": rng.integers(0, 3, size=20),
+        **arrays,
+    }
+    np.savez(tmp / name, **columns)
+    return tmp / name
+
+
+def sparse_pt(tmp: Path) -> Path:
+    embeddings = torch.randn(20, 4).to_sparse()
+    torch.save({"embeddings": embeddings, "labels": torch.arange(20) % 3}, tmp / "sparse.pt")
+    return tmp / "sparse.pt"
+
+
+def binary_ids(tmp: Path) -> Path:
+    data = folder(tmp, "embeddings")
+    rng = np.random.default_rng(0)
+    np.save(data / "embeddings.npy", rng.normal(size=(20, 4)).astype(np.float32))
+    np.save(data / "labels.npy", rng.integers(0, 3, size=20))
+    (data / "ids.txt").write_bytes(rng.bytes(400))
+    return data
+
+
+def looping_embeddings(tmp: Path) -> Path:
+    data = folder(tmp, "embeddings")
+    np.save(data / "labels.npy", np.arange(20) % 3)
+    (data / "a.npy").symlink_to(data / "embeddings.npy")
+    (data / "embeddings.npy").symlink_to(data / "a.npy")
+    return data
+
+
+def list_metrics_baseline(tmp: Path) -> Path:
+    path = tmp / "baseline.json"
+    path.write_text(json.dumps({"schema": "embscope.report/1", "metrics": [0.5, 0.9]}))
+    return path
+
+
+def blocked_global_checkpoint(digits: Digits, tmp: Path) -> Path:
+    """A state dict next to a function of a module torch's weights-only loader blocks (os):
+    refused with a message that is not torch's generic 'unsupported global'."""
+    path = tmp / "with_hook.pt"
+    torch.save({"model": digits.net.state_dict(), "hook": os.getcwd}, path)
+    return path
 
 
 Argv = Callable[[Digits, Path], list[object]]
@@ -210,6 +262,70 @@ CASES: list[tuple[str, Argv, tuple[str, ...]]] = [
         ("--embedding-layer", "'neck'", "classifier"),
     ),
     (
+        "embeddings with D = 0",
+        lambda d, t: [embeddings_npz(t, embeddings=np.zeros((20, 0), np.float32))],
+        ("e.npz ['embeddings']", "shape [20, 0]", "D >= 1"),
+    ),
+    (
+        "logits with zero columns",
+        lambda d, t: [embeddings_npz(t, logits=np.zeros((20, 0), np.float32))],
+        ("e.npz ['logits']", "shape [20, 0]", "C >= 1"),
+    ),
+    (
+        "sparse tensor in a .pt",
+        lambda d, t: [sparse_pt(t)],
+        ("sparse.pt ['embeddings']", "sparse_coo tensor", "to_dense()"),
+    ),
+    (
+        "binary ids.txt",
+        lambda d, t: [binary_ids(t)],
+        ("ids.txt", "is not UTF-8 text", "ids.npy"),
+    ),
+    (
+        "embeddings.npy that is a symlink loop",
+        lambda d, t: [looping_embeddings(t)],
+        ("embeddings.npy", "is a symlink loop"),
+    ),
+    (
+        "baseline whose metrics is a list",
+        lambda d, t: [embeddings_npz(t), "--baseline", list_metrics_baseline(t)],
+        ("--baseline", "baseline.json", "'metrics' is a list", "report.json written by diagnose"),
+    ),
+    (
+        "checkpoint with an object the weights-only loader blocks",
+        lambda d, t: [
+            blocked_global_checkpoint(d, t),
+            d.tensors_pt,
+            "--model",
+            factory(d, "make_net"),
+        ],
+        ("with_hook.pt", "holds pickled Python objects", "getcwd", "--trust-checkpoint"),
+    ),
+    (
+        "embeddings that are all NaN, with a --fail-on rule",
+        lambda d, t: [
+            embeddings_npz(t, embeddings=np.full((20, 4), np.nan, np.float32)),
+            "--fail-on",
+            "macro_f1<0.5",
+        ],
+        ("e.npz", "no usable rows", "20 rows", "NaN"),
+    ),
+    (
+        "negative --seed",
+        lambda d, t: [embeddings_npz(t), "--seed", "-1"],
+        ("--seed", "'-1'", "from 0 to"),
+    ),
+    (
+        "--seed beyond 64 bits",
+        lambda d, t: [embeddings_npz(t), "--seed", str(2**70)],
+        ("--seed", "from 0 to"),
+    ),
+    (
+        "--metrics without --baseline",
+        lambda d, t: [embeddings_npz(t), "--metrics", "f1"],
+        ("--metrics", "only with --baseline"),
+    ),
+    (
         "option that does not apply to the data",
         lambda d, t: [
             d.state_dict,
@@ -327,3 +443,119 @@ def test_an_unexpected_error_is_one_line_exit_2(
         "(rerun with --debug for the traceback, and please report it)"
     ]
     assert not (tmp_path / "o").exists()
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diagnose: error: "), err
+    assert "Traceback" not in err and "internal error" not in err, err
+    return lines[0]
+
+
+def test_out_under_a_file_is_refused_before_anything_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import embscope.cli.data as data
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the embeddings were read before --out was checked")
+
+    monkeypatch.setattr(data, "EmbeddingFile", never)
+    (tmp_path / "a_file").write_text("not a folder")
+    out = tmp_path / "a_file" / "sub"
+    assert main([str(embeddings_npz(tmp_path)), "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert line == (
+        f"diagnose: error: --out: {tmp_path / 'a_file'} is a file, so {out} cannot be created "
+        "(choose another --out)"
+    )
+    assert (tmp_path / "a_file").read_text() == "not a folder"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_refused_for_precomputed_embeddings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It used to be ignored silently: the report was computed on the CPU, exit 0.
+    out = tmp_path / "out"
+    assert main([str(embeddings_npz(tmp_path)), "--device", "cuda", "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert "--device: cuda requested but CUDA is not available here" in line
+    assert not out.exists()
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root reads any file: the simulated test below covers it"
+)
+def test_an_unreadable_folder_and_baseline_are_not_readable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = short_labels(None, tmp_path)  # type: ignore[arg-type]
+    data.chmod(0)
+    try:
+        assert main([str(data), "--out", str(tmp_path / "out")]) == 2
+        assert f"{data}: is not readable" in one_error_line(capsys)
+    finally:
+        data.chmod(0o755)
+    baseline = list_metrics_baseline(tmp_path)
+    baseline.chmod(0)
+    argv = [str(embeddings_npz(tmp_path)), "--baseline", str(baseline)]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    assert f"--baseline: {baseline} is not readable" in one_error_line(capsys)
+
+
+def test_a_baseline_the_user_cannot_read_is_not_readable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The permission error simulated (tests may run as root, who reads everything)."""
+    baseline = list_metrics_baseline(tmp_path)
+    read_text = Path.read_text
+
+    def denied(self: Path, *args: object, **kwargs: object) -> str:
+        if self == baseline:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    argv = [str(embeddings_npz(tmp_path)), "--baseline", str(baseline)]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    line = one_error_line(capsys)
+    assert line == (
+        f"diagnose: error: --baseline: {baseline} is not readable (check its permissions)"
+    )
+
+
+def test_a_permission_error_anywhere_is_one_line_not_an_internal_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import embscope.cli.data as data
+
+    def denied(path: object) -> None:
+        raise PermissionError(13, "Permission denied", str(tmp_path / "e.npz"))
+
+    monkeypatch.setattr(data, "EmbeddingFile", denied)
+    assert main([str(embeddings_npz(tmp_path)), "--out", str(tmp_path / "out")]) == 2
+    line = one_error_line(capsys)
+    assert line == (
+        f"diagnose: error: {tmp_path / 'e.npz'}: permission denied (Permission denied) "
+        "(check its permissions)"
+    )
+
+
+def test_a_report_of_no_rows_is_never_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should compute() ever return a report of n = 0, the CLI still refuses to write it."""
+    from embscope.diagnostics import Diagnoser, Report
+
+    empty = Report(metrics={"n": 0.0, "nonfinite_count": 15.0, "zero_norm_count": 5.0})
+    monkeypatch.setattr(Diagnoser, "compute", lambda self: empty)
+    out = tmp_path / "out"
+    assert main([str(embeddings_npz(tmp_path)), "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(
+        f"diagnose: error: {tmp_path / 'e.npz'}: no usable rows: 20 of 20 rows were dropped: "
+        "15 with NaN/Inf, 5 all-zero ("
+    )
+    assert not out.exists()
