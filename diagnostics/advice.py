@@ -585,9 +585,8 @@ class Comparison:
             "|---|---:|---:|---:|---|",
         ]
         for k, d in self.deltas.items():
-            lines.append(
-                f"| {k} | {d['a']:.4g} | {d['b']:.4g} | {d['delta']:+.4g} | {d['better']} |"
-            )
+            delta = f"{d['delta']:+.4g}" if _finite(d["delta"]) else "nan"
+            lines.append(f"| {k} | {d['a']:.4g} | {d['b']:.4g} | {delta} | {d['better']} |")
         return "\n".join(lines) + "\n"
 
 
@@ -611,9 +610,11 @@ def compare(
     wins, losses = [], []
     for name in names:
         a, b = _get(report_a, name), _get(report_b, name)
-        if not _finite(a, b):
-            continue
         d = direction(name)
+        if not _finite(a, b):
+            if chosen is not None:  # asked for: shown, never counted
+                deltas[name] = {"a": a, "b": b, "delta": NAN, "direction": d, "better": "undefined"}
+            continue
         better = "same"
         if d is not None and abs(b - a) > _tolerance_for(name, a, tolerance):
             better = "b" if (b > a) == (d == "higher") else "a"
