@@ -31,10 +31,11 @@ def pca_view(x: torch.Tensor, y: torch.Tensor, values, seed: int, limit: int = 2
     ``{"x": [n], "y": [n], "label": [n]}`` with coordinates rounded to 5 decimals; empty lists
     when there are fewer than 3 rows or fewer than 2 columns.
     """
-    x, y = x[:limit].to("cpu", torch.float64), y[:limit]
-    if len(x) < 3 or x.shape[1] < 2:
+    y = y[:limit]
+    if len(y) < 3 or x.shape[1] < 2:
         return {"x": [], "y": [], "label": []}
-    centred = x - x.mean(0)
+    centred = x[:limit].to("cpu", torch.float64, copy=True)  # centred in place: one copy
+    centred -= centred.mean(0)
     v = _top_directions(centred, 2)
     v = v * torch.sign(v[:, v.abs().argmax(dim=1)].diagonal())[:, None]
     xy = (centred @ v.T).numpy()
