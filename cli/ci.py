@@ -112,8 +112,10 @@ def regressions(
             "check chosen metrics with --metrics NAME,NAME, or give a baseline of the same "
             "classes, logits and space",
         ) from error
-    except ValueError as error:  # a metric named by --metrics that a report lacks
-        raise UsageError("--metrics", str(error), "name metrics both reports hold") from error
+    except ValueError as error:  # a metric named by --metrics that a report lacks, or "n"
+        raise UsageError(
+            "--metrics", str(error), "name metrics both reports hold, with a better direction"
+        ) from error
 
 
 def compare_reports(
