@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from embscope.cli.main import main
@@ -21,6 +21,7 @@ NUMBERS = st.one_of(
     st.integers(-(10**25), 10**25).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.sampled_from(["0", "1", "2", "-0", "1e3", "0x10", "1_000", "", " ", "--", "abc", "1,2"]),
+    st.sampled_from([str(2**31), str(2**32), str(2**63), str(2**64), str(-(2**63) - 1)]),
     st.text(max_size=6),
 )
 NUMERIC_OPTIONS = ("--batch-size", "--reservoir-size", "--seed", "--tolerance")
@@ -79,6 +80,7 @@ def assert_exit_0_1_or_one_line_2(code: int, err: str, argv: list[str]) -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(values=st.dictionaries(st.sampled_from(NUMERIC_OPTIONS), NUMBERS, min_size=1, max_size=4))
+@example(values={"--seed": str(2**70)})  # was an internal error (OverflowError)
 def test_numeric_options_end_in_exit_0_1_or_one_line_2(
     inputs: dict[str, Path], values: dict[str, str]
 ) -> None:
