@@ -303,3 +303,38 @@ def test_pickled_module_with_the_trust_flag(
     report = read(out)
     assert report["meta"]["source"]["checkpoint_kind"] == "pickled"
     assert report["metrics"]["accuracy"] == pytest.approx(reference(digits, digits.net)["accuracy"])
+
+
+def _metrics_equal(got: dict, expected: dict, rel: float = 1e-6, abs_: float = 1e-9) -> None:
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        if value == "nan":
+            assert got[name] == "nan", name
+        else:
+            assert got[name] == pytest.approx(value, rel=rel, abs=abs_), name
+
+
+def test_device_moves_precomputed_chunks_and_the_report_is_the_same(
+    embeddings: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path --device cuda takes (numpy chunks -> tensors on the device), run on the CPU."""
+    import embscope.cli.main as cli_main
+
+    assert run(embeddings["npz"], "--batch-size", "500", "--out", tmp_path / "plain") == 0
+    monkeypatch.setattr(cli_main, "_embeddings_device", lambda name: torch.device("cpu"))
+    assert run(embeddings["npz"], "--batch-size", "500", "--out", tmp_path / "moved") == 0
+    moved = read(tmp_path / "moved")
+    assert moved["meta"]["source"]["device"] == "cpu"
+    _metrics_equal(moved["metrics"], read(tmp_path / "plain")["metrics"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_cuda_diagnoses_precomputed_embeddings_on_the_gpu(
+    embeddings: dict[str, object], tmp_path: Path
+) -> None:
+    assert run(embeddings["folder"], "--out", tmp_path / "cpu") == 0
+    assert run(embeddings["folder"], "--device", "cuda", "--out", tmp_path / "gpu") == 0
+    gpu = read(tmp_path / "gpu")
+    assert gpu["meta"]["source"]["device"] == "cuda"
+    # the tolerance of tests/diagnostics/test_cuda.py (float32 reductions in another order)
+    _metrics_equal(gpu["metrics"], read(tmp_path / "cpu")["metrics"], rel=1e-4, abs_=1e-5)
