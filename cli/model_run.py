@@ -54,11 +54,20 @@ def resolve_device(name: str) -> torch.device:
             "use --device cpu or auto",
         )
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as error:
         raise UsageError(
             "--device", f"{name!r} is not a device", "use cpu, cuda or auto"
         ) from error
+    if device.type not in ("cpu", "cuda"):  # the diagnostics run in float64: CPU or CUDA only
+        raise UsageError("--device", f"{name!r} is not supported", "use cpu, cuda, cuda:N or auto")
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise UsageError(
+                "--device", f"{name} requested but this machine has {count} GPUs", "use cuda"
+            )
+    return device
 
 
 def labels_parameter(model: nn.Module) -> str | None:

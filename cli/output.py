@@ -73,7 +73,7 @@ def _check_earlier_report(out: Path, *, force: bool) -> None:
             f"{out} already holds a report (report.json)",
             "pass --force to replace it, or choose another --out",
         )
-    if force and not os.access(out, os.W_OK | os.X_OK):
+    if not os.access(out, os.W_OK | os.X_OK):  # its files move into the new folder
         raise UsageError("--out", f"{out} is not writable", "choose another --out")
 
 

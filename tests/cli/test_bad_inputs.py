@@ -321,6 +321,11 @@ CASES: list[tuple[str, Argv, tuple[str, ...]]] = [
         ("--seed", "from 0 to"),
     ),
     (
+        "--device that is neither the CPU nor CUDA",
+        lambda d, t: [embeddings_npz(t), "--device", "meta"],
+        ("--device", "'meta' is not supported", "cpu, cuda, cuda:N or auto"),
+    ),
+    (
         "--metrics without --baseline",
         lambda d, t: [embeddings_npz(t), "--metrics", "f1"],
         ("--metrics", "only with --baseline"),
