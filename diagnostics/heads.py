@@ -141,8 +141,11 @@ def _angles_update(
     """Angle (degrees) of each embedding to its class weight and to the nearest other one."""
     w = F.normalize(weight.detach().to(x.device, torch.float32), dim=1)
     if norms is None:
-        norms = torch.linalg.vector_norm(x.float(), dim=1)
-    cos = (x.float() @ w.T) / norms.float().clamp_min(1e-12)[:, None]
+        norms = torch.linalg.vector_norm(x, dim=1)
+    # unit rows first, in the rows' own dtype: rows of any finite magnitude (float64 beyond
+    # float32's range, or tiny ones) keep their direction
+    unit = (x / norms.to(x.dtype).clamp_min(torch.finfo(x.dtype).tiny)[:, None]).float()
+    cos = unit @ w.T
     true = cos.gather(1, y[:, None])[:, 0]
     if cos.shape[1] > 1:
         other = cos.scatter(1, y[:, None], -2.0).amax(dim=1)

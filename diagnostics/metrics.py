@@ -53,15 +53,20 @@ def _class_sums_update(
     y: torch.Tensor,
     num_classes: int,
     row_scale: torch.Tensor | None = None,
-    row_sqnorms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-class (count [C], sum [C, D], sum of squared norms [C]) of rows, float64 on CPU.
 
     ``y`` holds class indices in [0, num_classes). ``row_scale`` [B] multiplies each row first
-    (1 / norm puts rows on the unit sphere without materialising the normalised copy);
-    ``row_sqnorms`` [B] are the squared norms of the scaled rows (computed when not given).
+    (1 / norm puts rows on the unit sphere without materialising the normalised copy).
     The sums are one sparse-dense product (one pass over the batch, in its own dtype and
     device), then promoted, so long streams accumulate in float64.
+
+    The sum of squared norms q_c is stated as M2_c + |s_c|^2 / n_c, with M2_c the squared
+    deviations from this batch's class means. The within-class scatter is later q_c -
+    |s_c|^2 / n_c over the whole stream; from plain squared norms that difference cancels
+    catastrophically for tight classes in float32 (unit rows are 1 +- 1e-7, so a spread of
+    1e-3 would come out a few percent off, 1e-4 almost wholly wrong), while deviations from
+    the batch mean keep their precision and the remaining difference is taken in float64.
     """
     b = x.shape[0]
     weights = (
@@ -69,8 +74,6 @@ def _class_sums_update(
         if row_scale is not None
         else torch.ones(b, dtype=x.dtype, device=x.device)
     )
-    if row_sqnorms is None:
-        row_sqnorms = torch.linalg.vector_norm(x, dim=1).double() ** 2 * weights.double() ** 2
     counts = torch.bincount(y, minlength=num_classes).to("cpu", torch.float64)
     if num_classes <= 4:  # a matrix-vector product per class beats a GEMM with 2-4 rows
         sums = torch.stack([(weights * (y == c)) @ x for c in range(num_classes)])
@@ -85,10 +88,18 @@ def _class_sums_update(
                 torch.stack([y, torch.arange(b, device=x.device)]), weights, (num_classes, b)
             ).to_sparse_csr()
         sums = onehot @ x
-    sq = torch.zeros(num_classes, dtype=torch.float64, device=x.device).index_add_(
-        0, y, row_sqnorms.double()
+    sums64 = sums.to("cpu", torch.float64)
+    n_c = counts.clamp_min(1)
+    dev = (sums / n_c.to(sums.device, sums.dtype)[:, None]).index_select(0, y)
+    dev.neg_().addcmul_(x, weights[:, None])  # scaled row minus its class's batch mean
+    dev_sq = torch.einsum("bd,bd->b", dev, dev)
+    if not bool(torch.isfinite(dev_sq).all()):  # squares beyond the dtype's range
+        dev_sq = torch.einsum("bd,bd->b", dev.double(), dev.double())
+    m2 = torch.zeros(num_classes, dtype=torch.float64, device=x.device).index_add_(
+        0, y, dev_sq.double()
     )
-    return counts, sums.to("cpu", torch.float64), sq.to("cpu", torch.float64)
+    sq = m2.to("cpu") + sums64.square().sum(1) / n_c
+    return counts, sums64, sq
 
 
 @dataclass(frozen=True)
@@ -138,16 +149,13 @@ def _geometry_compute(
 
     intra_pairs = float(np.sum(n_c * (n_c - 1) / 2))
     inter_pairs = float((n * n - np.sum(n_c * n_c)) / 2)
+    # sum_{i<j in c} |x_i - x_j|^2 = n_c q_c - |s_c|^2 (= n_c M2_c: see _class_sums_update)
+    intra_sum = max(float(np.sum(n_c * q_c - s_norm2)), 0.0)
+    inter_sum = float(np.sum(q_c * (n - n_c)) - (total @ total - s_norm2.sum()))
     if space == "cosine":
-        # sum_{i<j in c} x_i.x_j = (|s_c|^2 - q_c) / 2 ; across classes (|S|^2 - sum |s_c|^2) / 2
-        intra_dot = float(np.sum(s_norm2 - q_c) / 2)
-        inter_dot = float((total @ total - s_norm2.sum()) / 2)
-        intra_sum = intra_pairs - intra_dot
-        inter_sum = inter_pairs - inter_dot
-    else:
-        # sum_{i<j in c} |x_i - x_j|^2 = n_c q_c - |s_c|^2
-        intra_sum = float(np.sum(n_c * q_c - s_norm2))
-        inter_sum = float(np.sum(q_c * (n - n_c)) - (total @ total - s_norm2.sum()))
+        # on unit rows 1 - cos = |x_i - x_j|^2 / 2; this form, unlike pairs - sum of dots,
+        # does not cancel when classes are tight
+        intra_sum, inter_sum = intra_sum / 2, inter_sum / 2
     if intra_pairs > 0:
         intra = intra_sum / intra_pairs
     else:
@@ -235,8 +243,13 @@ def _nc1_compute(
     # S_B = A^T A with A = sqrt(n_c) (mu_c - mu)  [k, D], so S_B^+ = A^+ A^+^T and
     # Tr(S_W S_B^+) = |centred @ A^+|_F^2 * weight: no D x D matrix is ever formed.
     a = (means - mu)[present] * counts[present].sqrt()[:, None]
+    # sum_c sqrt(n_c) a_c = 0, so S_B has rank at most k - 1: its k-th singular direction is
+    # rounding noise, and inverting it would blow NC1 up (to ~1e31), so it is cut explicitly
     with one_thread():
-        a_pinv = torch.linalg.pinv(a)  # [D, k]
+        u, sv, vh = torch.linalg.svd(a, full_matrices=False)
+    cut = sv[0] * max(a.shape) * torch.finfo(sv.dtype).eps if len(sv) else 0.0
+    r = min(k - 1, int((sv > cut).sum()))
+    a_pinv = (vh[:r].T / sv[:r]) @ u[:, :r].T  # [D, k]
     # (x_i - mu_{y_i}) A^+ = x_i A^+ - mu_{y_i} A^+: rows are projected onto the k columns
     # block by block (float64), so no centred N x D copy is formed
     proj_means = means @ a_pinv  # [C, k]
