@@ -350,14 +350,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             "--metrics", "applies only with --baseline", "add --baseline REPORT.json or remove it"
         )
-    args.metrics = parse_metric_names(args.metrics) if args.metrics is not None else None
+    metrics = parse_metric_names(args.metrics) if args.metrics is not None else None
     baseline = load_report(args.baseline, "--baseline") if args.baseline is not None else None
 
     if len(args.inputs) == 1:
         report, notes = _diagnose_embeddings(args)
     else:
         report, notes = _diagnose_model(args)
-    return _finish(args, out, report, notes, rules, baseline)
+    return _finish(args, out, report, notes, rules, baseline, metrics)
 
 
 def _run_demo(args: argparse.Namespace, out: Path) -> int:
@@ -575,6 +575,7 @@ def _finish(
     notes: list[str],
     rules: list[Any],
     baseline: Any,
+    metrics: list[str] | None,
 ) -> int:
     from embscope.cli.ci import broken_rules
     from embscope.cli.distributed import main_rank_report
@@ -592,7 +593,7 @@ def _finish(
             baseline,
             baseline_path=args.baseline,
             tolerance=args.tolerance,
-            metrics=args.metrics,
+            metrics=metrics,
         )
     failures = broken_rules(rules, report.metrics) if rules else []
     files = write_report(report, out, force=args.force)

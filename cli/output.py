@@ -104,6 +104,7 @@ def write_report(report: Any, out: Path, *, force: bool) -> list[Path]:
         staging = _new_folder(out.parent, f".{out.name}.tmp-")
     except OSError as error:
         raise _write_error(out, error) from error
+    keep = False
     try:
         (staging / "report.json").write_text(report.to_json(), encoding="utf-8")
         (staging / "report.md").write_text(report.to_markdown(), encoding="utf-8")
@@ -113,10 +114,14 @@ def write_report(report: Any, out: Path, *, force: bool) -> list[Path]:
         for name, png in pngs.items():
             (staging / PLOTS / f"{_safe_name(name)}.png").write_bytes(png)
         _swap_in(staging, out)
+    except _LeftBehind:
+        keep = True
+        raise
     except OSError as error:
         raise _write_error(out, error) from error
     finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already when it was swapped in
+        if not keep:  # gone already when it was swapped in
+            shutil.rmtree(staging, ignore_errors=True)
     plots = sorted((out / PLOTS).glob("*.png"))
     return [out / name for name in REPORT_FILES] + plots
 
@@ -144,12 +149,18 @@ def _new_folder(parent: Path, prefix: str) -> Path:
     raise FileExistsError(f"no free name {prefix}* in {parent}")
 
 
+class _LeftBehind(UsageError):
+    """A failure whose undoing failed too: some of the user's files are in the new folder (or
+    the earlier report is set aside), so nothing may be removed."""
+
+
 def _swap_in(staging: Path, out: Path) -> None:
     """Make the complete report in ``staging`` the folder ``out``.
 
     A new ``out`` is one rename. An existing one: the user's files move into ``staging``, the old
     folder is renamed aside, ``staging`` renamed to ``out``, and the old folder removed; on any
-    failure the renames are undone in reverse order, so ``out`` is as it was."""
+    failure the renames are undone in reverse order, so ``out`` is as it was. Should undoing
+    fail too, `_LeftBehind` says where the files are and nothing is removed."""
     if not os.path.lexists(out):
         try:
             staging.rename(out)
@@ -158,7 +169,7 @@ def _swap_in(staging: Path, out: Path) -> None:
             if not out.is_dir():
                 raise
     cwd = _cwd_within(out)
-    moved: list[tuple[Path, Path]] = []
+    moved: list[tuple[Path, Path]] = []  # (where it was, where it is now)
     try:
         for entry in _kept_entries(out):
             target = staging / entry.relative_to(out)
@@ -167,18 +178,32 @@ def _swap_in(staging: Path, out: Path) -> None:
         staging.chmod(stat.S_IMODE(out.stat().st_mode))
         aside = out.with_name(f".{out.name}.old-{secrets.token_hex(4)}")
         os.rename(out, aside)
-        try:
-            os.rename(staging, out)
-        except BaseException:
-            os.rename(aside, out)
-            raise
-    except BaseException:
-        for entry, target in reversed(moved):
-            os.rename(target, entry)
+        moved.append((out, aside))
+        os.rename(staging, out)
+    except BaseException as error:
+        left = _undo(moved)
+        if left:
+            raise _LeftBehind(
+                "--out",
+                f"replacing {out} failed ({one_line(str(error), 160)}) and so did undoing it: "
+                f"{', '.join(f'{now} belongs at {was}' for was, now in left[:3])}",
+                "move them back by hand; nothing was deleted",
+            ) from error
         raise
     shutil.rmtree(aside, ignore_errors=True)
     if cwd is not None:  # this process worked in the replaced folder: follow the new one
         os.chdir(out / cwd if (out / cwd).is_dir() else out)
+
+
+def _undo(moved: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    """Rename each moved entry back, last first; return those that could not be."""
+    left = []
+    for was, now in reversed(moved):
+        try:
+            os.rename(now, was)
+        except OSError:
+            left.append((was, now))
+    return left
 
 
 def _kept_entries(out: Path) -> list[Path]:

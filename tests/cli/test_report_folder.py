@@ -174,3 +174,32 @@ def test_force_through_a_symbolic_link_writes_into_its_folder(
     assert '"earlier"' not in (real / "report.json").read_text()
     assert (real / "notes.txt").read_text() == "the user's notes"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
+
+def test_when_undoing_fails_too_nothing_is_deleted(
+    embeddings: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out"
+    earlier_report(out)
+    rename = os.rename
+
+    def failing(src, dst, *args, **kwargs):
+        src, dst = Path(src), Path(dst)
+        if dst == out and src.name.startswith(".out.tmp-"):  # the swap
+            raise OSError(5, "Input/output error", str(dst))
+        if dst == out / "notes.txt":  # and moving the user's notes back
+            raise OSError(5, "Input/output error", str(dst))
+        return rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", failing)
+    assert main([str(embeddings), "--out", str(out), "--force"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "nothing was deleted" in lines[0], lines
+    (staging,) = tmp_path.glob(".out.tmp-*")
+    assert f"{staging / 'notes.txt'} belongs at {out / 'notes.txt'}" in lines[0]
+    assert (staging / "notes.txt").read_text() == "the user's notes"  # not removed
+    assert (out / "report.json").read_text() == '{"earlier": true}'
+    assert (out / "runs" / "log.txt").read_text() == "the user's log"
