@@ -81,15 +81,19 @@ _non_negative_float = _number(float, 0.0, "a number >= 0")
 _seed = _number(int, 0, f"an integer from 0 to {MAX_SEED}", maximum=MAX_SEED)
 
 
+MAX_IMAGE_SIZE = 2**16 - 1
+
+
 def _image_size(text: str) -> tuple[int, int]:
     parts = text.lower().split("x")
     try:
         sizes = [int(p) for p in parts]
     except ValueError:
         sizes = []
-    if len(sizes) not in (1, 2) or min(sizes) < 1:
+    if len(sizes) not in (1, 2) or not 1 <= min(sizes) <= max(sizes) <= MAX_IMAGE_SIZE:
         raise argparse.ArgumentTypeError(
-            f"must be N or HxW in pixels (e.g. 224 or 64x128), got {text!r}"
+            f"must be N or HxW in pixels from 1 to {MAX_IMAGE_SIZE} (e.g. 224 or 64x128), "
+            f"got {text!r}"
         )
     return (sizes[0], sizes[-1])
 
@@ -99,9 +103,9 @@ def _floats(text: str) -> tuple[float, ...]:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if not values:
+    if not values or not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(
-            f"must be comma-separated numbers (e.g. 0.5,0.5,0.5), got {text!r}"
+            f"must be comma-separated finite numbers (e.g. 0.5,0.5,0.5), got {text!r}"
         )
     return values
 

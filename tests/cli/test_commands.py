@@ -272,6 +272,11 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
         ("--tolerance", "nan", "must be a number >= 0, got 'nan'"),
         ("--tolerance", "-0.1", "must be a number >= 0, got '-0.1'"),
         ("--tolerance", "tight", "must be a number >= 0, got 'tight'"),
+        ("--seed", "abc", "must be an integer from 0 to 4294967295, got 'abc'"),
+        ("--seed", "-1", "must be an integer from 0 to 4294967295, got '-1'"),
+        ("--mean", "0.5,nan", "must be comma-separated finite numbers"),
+        ("--std", "inf", "must be comma-separated finite numbers"),
+        ("--image-size", "100000", "from 1 to 65535"),
     ],
 )
 def test_bad_numbers_are_one_line_exit_2(

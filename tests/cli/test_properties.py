@@ -25,6 +25,8 @@ NUMBERS = st.one_of(
     st.text(max_size=6),
 )
 NUMERIC_OPTIONS = ("--batch-size", "--reservoir-size", "--seed", "--tolerance")
+# Options of model runs: with EMBEDDINGS a good value is refused as not applying, a bad one as bad.
+MODEL_OPTIONS = ("--image-size", "--mean", "--std")
 
 METRICS = st.sampled_from(
     ["accuracy", "macro_f1", "f1", "fisher_ratio", "recall_at_1", "n", "head.s", "nope", "", "1x"]
@@ -79,7 +81,11 @@ def assert_exit_0_1_or_one_line_2(code: int, err: str, argv: list[str]) -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(values=st.dictionaries(st.sampled_from(NUMERIC_OPTIONS), NUMBERS, min_size=1, max_size=4))
+@given(
+    values=st.dictionaries(
+        st.sampled_from(NUMERIC_OPTIONS + MODEL_OPTIONS), NUMBERS, min_size=1, max_size=4
+    )
+)
 @example(values={"--seed": str(2**70)})  # was an internal error (OverflowError)
 def test_numeric_options_end_in_exit_0_1_or_one_line_2(
     inputs: dict[str, Path], values: dict[str, str]
