@@ -243,9 +243,12 @@ class Diagnoser:
         if len(slots) == 0:
             return
         x = b.embeddings
-        # cosine space: unit rows without materialising them
-        scale = 1.0 / b.norms if self.space == "cosine" else None
-        counts, sums, sq = M._class_sums_update(x, slots, len(self._values), scale)
+        if self.space == "cosine":  # unit rows without materialising them
+            scale = 1.0 / b.norms
+            row_sq = torch.ones_like(b.norms, dtype=torch.float64)
+        else:
+            scale, row_sq = None, b.norms.double() ** 2
+        counts, sums, sq = M._class_sums_update(x, slots, len(self._values), scale, row_sq)
         self.counts += counts
         self.sums += sums
         self.sqnorms += sq
