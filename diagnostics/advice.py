@@ -30,13 +30,13 @@ ACTIONS = (
 )
 
 DEFAULT_THRESHOLDS = {
-    # the seeds' thresholds
+    # the usual reading of separation: KS and Hellinger above 0.5, Fisher above 1, intra < inter
     "score_ks": 0.5,  # KS > 0.5: class score distributions are separated
     "score_hellinger": 0.5,
     "fisher_ratio": 1.0,  # Fisher > 1: between-class scatter exceeds within-class scatter
     "intra_inter_ratio": 1.0,  # intra < inter
-    "poor_ks": 0.3,  # seeds 001: "KS < 0.3: severe overlap" (reported; see no_change)
-    # beyond the seeds
+    "poor_ks": 0.3,  # KS < 0.3: severe overlap (reported; see no_change)
+    # heads, logits and collapse
     "collapse_rate": 0.95,  # one class takes more than this share of the predictions ...
     "target_probability": 0.99,  # NormFace / AdaCos: probability the scale must make reachable
     "scale_factor": 2.0,  # s beyond this factor of the suggested scale is flagged
@@ -192,9 +192,9 @@ def recommend(
                 Recommendation(
                     "fix_eval_margin" if leak != 0.0 else "check_head",
                     "warning",
-                    "Predictions collapsed onto one class while the labels did not (the seed's "
-                    "symptom: every sample predicted positive); check that evaluation runs without "
-                    "the training margin and that the head is the trained one.",
+                    "Predictions collapsed onto one class while the labels did not (nearly every "
+                    "sample gets the same class); check that evaluation runs without the training "
+                    "margin and that the head is the trained one.",
                     evidence=collapse,
                 )
             )
@@ -293,11 +293,11 @@ def recommend(
         )
         if overlap:
             reason = (
-                "Classes overlap (Fisher < 1 or intra >= inter, and KS under the seeds' 0.3), but "
-                "no loss change is known to fix that: a margin head retrained on such data did "
-                "worse in embscope's advice check, the overlap is likely in the inputs; look at "
-                "the hardest samples, or train a margin head and keep it only if compare() with "
-                "this report as the baseline says so."
+                "Classes overlap (Fisher < 1 or intra >= inter, and KS under 0.3), but no loss "
+                "change is known to fix that: margin heads retrained on overlapping data did not "
+                "do better (docs/recommendations.md), so the overlap is likely in the inputs; "
+                "look at the hardest samples, or train a margin head and keep it only if "
+                "compare() with this report as the baseline says so."
             )
         elif two_class_margin and baseline is None:
             reason += (
@@ -326,10 +326,10 @@ def _untrained_evidence_holds(report: Report, t: dict) -> bool:
     """Whether a low centroid alignment means an untrained head.
 
     With two classes the softmax depends on w_1 - w_0 only and leaves w_0 + w_1 free, so trained
-    heads can point away from their class means (benchmarks/advice_check.py: 4 of 15 trained
-    binary ArcFace heads under the alignment threshold). There the head must also fail to order
+    heads can point away from their class means (some trained binary heads fall under the
+    alignment threshold: docs/recommendations.md). There the head must also fail to order
     the classes: a mean angle gap (nearest other minus true) under ``untrained_angle_gap``
-    (measured on digits: trained binary heads 12 to 61 degrees, fresh heads -20 to 13). Weights
+    (the measured ranges of trained and fresh heads are in docs/recommendations.md). Weights
     missing from the checkpoint always count.
     """
     if (report.meta.get("head_info") or {}).get("missing_from_checkpoint"):
@@ -370,7 +370,7 @@ def _separation_evidence(report: Report, t: dict) -> dict:
 
 
 def _separated(report: Report, t: dict) -> bool | None:
-    """True when the seeds' separation thresholds all hold, False when one fails, None if unknown."""
+    """True when the separation thresholds all hold, False when one fails, None if unknown."""
     checks = []
     for name, op in (("score_ks", ">"), ("fisher_ratio", ">"), ("intra_inter_ratio", "<")):
         v = _get(report, name)

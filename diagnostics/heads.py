@@ -116,7 +116,7 @@ def probe_margin_leak(model: nn.Module, inputs, labels) -> bool:
 
     Runs ``model(inputs)`` and ``model(inputs, labels)`` in eval mode and compares the logits
     (the last element of a tuple, or ``logits`` of a dict). True means the margin leaks into
-    evaluation (the seed's bug): reported logits are then not what inference computes. Returns
+    evaluation: reported logits are then not what inference computes. Returns
     False when ``forward`` takes no second argument. The modules' training flags are restored.
     """
     if not _accepts_labels(model):

@@ -23,8 +23,9 @@ NAN = float("nan")
 
 @contextmanager
 def one_thread():
-    """Run small LAPACK calls (eigh, pinv) on one thread: on a busy 2-core machine their
-    threads spin against each other (eigh of 512 x 512: 0.09 s on one thread, 7 s on two)."""
+    """Run small LAPACK calls (eigh, pinv, svd) on one thread: for matrices this small,
+    threads cost more in synchronisation than they save, and on a busy machine they spin
+    against each other (measurements in benchmarks/README.md)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -217,7 +218,7 @@ def fisher_ratio(embeddings, labels, *, space: str = "cosine") -> float:
     S_W = sum_i (x_i - mu_{y_i})(x_i - mu_{y_i})^T.
 
     Equals the Calinski-Harabasz index times (k - 1) / (n - k). Range [0, inf); higher means
-    better separated classes (the seeds' threshold is 1). nan with fewer than two classes.
+    better separated classes (above 1: between-class scatter exceeds within-class scatter). nan with fewer than two classes.
     """
     return geometry(embeddings, labels, space=space).fisher_ratio
 
@@ -498,8 +499,8 @@ def _column_stats_compute(st: dict) -> dict:
 def logit_column_stats(logits, labels) -> dict[str, float]:
     """Mean, std (population), min and max of every logit column, overall and per true class.
 
-    Keys: ``logits.col{j}.{stat}`` and ``logits.col{j}.class{k}.{stat}``. The seed's collapse
-    reads ``logits.col0.mean = -4.06, logits.col1.mean = 0.443`` for both classes.
+    Keys: ``logits.col{j}.{stat}`` and ``logits.col{j}.class{k}.{stat}``. A collapse onto one
+    class reads, e.g., ``logits.col0.mean = -4.06, logits.col1.mean = 0.443`` for both classes.
     """
     b = check_batch(torch.zeros(len(labels), 1), labels, logits)
     if b.logits is None:

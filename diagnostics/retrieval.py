@@ -270,10 +270,9 @@ def _run(tasks: list[tuple[tuple[int, ...], Callable[[], object]]], workers: int
 class _Products:
     """Block products ``a[rows] @ b[cols].T`` into a reused buffer, one per thread.
 
-    On CPU the product goes through numpy's BLAS (OpenBLAS in numpy's wheels): on the benchmark
-    machine (AMD EPYC, AVX-512) it takes about 8% less CPU time than torch's MKL for these
-    float32 shapes (10.1-10.6 against 11.1-11.5 ns per output element of a 2048-4096 square
-    block, D = 512, one thread). The buffer is reused so no block pays for fresh pages.
+    On CPU the product goes through numpy's BLAS (OpenBLAS in numpy's wheels), which was the
+    faster of the two for these float32 block shapes (benchmarks/README.md). The buffer is
+    reused so no block pays for fresh pages.
     """
 
     def __init__(self, a: torch.Tensor, b: torch.Tensor, size: int):

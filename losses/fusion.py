@@ -17,7 +17,7 @@ from ._validation import (
 from .center import CenterLoss
 from .classification import LabelSmoothingCrossEntropy
 
-#: Term weights of each preset, as listed in the seed.
+#: Term weights of each preset (the four modes of the two-view fusion loss).
 FUSION_PRESETS: dict[str, dict[str, float]] = {
     "simple": {"w_cls": 1.0, "w_consistency": 0.0, "w_attention": 0.0, "w_center": 0.0},
     "standard": {"w_cls": 1.0, "w_consistency": 0.1, "w_attention": 0.0, "w_center": 0.0},
@@ -81,7 +81,7 @@ class FusionLoss(nn.Module):
     ----------
     num_classes : int
     feat_dim : int
-        Size of ``features`` for the center term (in the seed, global + local dims).
+        Size of ``features`` for the center term (for two fused views: global + local dims).
     mode : {"simple", "standard", "full", "advanced"}
     label_smoothing : float
         In ``[0, 1]``, default 0.1.
