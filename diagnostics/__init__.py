@@ -15,6 +15,7 @@ from .advice import (
     normface_scale,
     recommend,
 )
+from .calibration import CalibrationResult, calibration_metrics
 from .diagnoser import Diagnoser, diagnose
 from .heads import find_margin_head, head_params, is_margin_head, probe_margin_leak
 from .metrics import (
@@ -39,6 +40,7 @@ from .report import Recommendation, Report, direction
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "CalibrationResult",
     "Comparison",
     "Diagnoser",
     "Geometry",
@@ -48,6 +50,7 @@ __all__ = [
     "Report",
     "ScoreSeparation",
     "adacos_scale",
+    "calibration_metrics",
     "check_regression",
     "classification_scores",
     "compare",

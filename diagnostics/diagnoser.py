@@ -10,6 +10,14 @@ import torch
 
 from . import metrics as M
 from ._validation import check_batch, check_label_range, check_space
+from .calibration import (
+    NO_SCALE,
+    TemperatureFit,
+    _calibration_compute,
+    _calibration_update,
+    _calibration_zeros,
+    _fit_temperature,
+)
 from .heads import HeadParams, _angles_update, head_health, head_params
 from .pca import pca_view
 from .reservoir import Reservoir
@@ -114,6 +122,7 @@ class Diagnoser:
         self.confusion: torch.Tensor | None = None
         self.colstats: dict | None = None
         self.ovr: dict | None = None
+        self.calibration: dict | None = None  # calibration sums (see calibration.py)
         self.samples: dict[str, list] = {k: [] for k in self._SAMPLE_KEYS}
         self.ids: list[str] | None = None
 
@@ -201,6 +210,7 @@ class Diagnoser:
             k = 2 if cols == 1 else cols
             self._values = list(range(k))
             self.confusion = torch.zeros(k, k, dtype=torch.float64)
+            self.calibration = _calibration_zeros()
             if 2 < cols <= MAX_COLUMN_KEYS:
                 self.ovr = {
                     "pos_hist": torch.zeros(k, HIST_BINS_FINE, dtype=torch.float64),
@@ -252,9 +262,11 @@ class Diagnoser:
         self.counts += counts
         self.sums += sums
         self.sqnorms += sq
-        wide = self.num_columns is not None and self.num_columns > MAX_COLUMN_KEYS
+        # the reservoir keeps the logits of its rows from three columns on (the temperature is
+        # fitted on them; wide logits' one-vs-rest scores too)
+        multi = self.num_columns is not None and self.num_columns > 2
         self.reservoir.update(
-            x, slots, scale, key_labels=b.labels, extra=b.logits if wide else None
+            x, slots, scale, key_labels=b.labels, extra=b.logits if multi else None
         )
         self.samples["label"].append(slots.cpu())
         if b.ids is not None:
@@ -281,6 +293,8 @@ class Diagnoser:
             _merge_colstats(self.colstats, cs)
         if self.ovr is not None:
             self._update_ovr(z, y, h["lse"], k)
+        for key, value in _calibration_update(z, y, lse=h.get("lse")).items():
+            self.calibration[key] += value
 
     def _update_ovr(self, z: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, k: int) -> None:
         """One-vs-rest score state (see :func:`_ovr_state`) of this batch, added to the total."""
@@ -322,6 +336,7 @@ class Diagnoser:
                 self._values = list(other._values)
             if other.num_columns is not None:
                 self.confusion = torch.zeros_like(other.confusion)
+                self.calibration = {k: torch.zeros_like(v) for k, v in other.calibration.items()}
                 self.ovr = (
                     None
                     if other.ovr is None
@@ -368,6 +383,8 @@ class Diagnoser:
             if self.ovr is not None:
                 for k, v in other.ovr.items():
                     self.ovr[k] += v
+            for k, v in other.calibration.items():
+                self.calibration[k] += v
         moved = Reservoir(other.reservoir.capacity, other.reservoir.seed)
         moved.seen = other.reservoir.seen
         if len(other.reservoir):
@@ -436,6 +453,7 @@ class Diagnoser:
         self._geometry(metrics, reasons)
         if self.num_columns is not None:
             self._logits(metrics, reasons, sampled, sections, labels)
+            self._calibration(metrics, reasons, sampled, sections)
         if self.head is not None:
             self._head(metrics, reasons, sections)
         self._vectors(metrics, reasons, sampled, sections)
@@ -590,6 +608,55 @@ class Diagnoser:
             },
             "xlabel": "P(class) one-vs-rest, pooled",
         }
+
+    def _calibration(self, metrics, reasons, sampled, sections) -> None:
+        """ECE, MCE, Brier and NLL from the exact calibration sums, a reliability diagram, and
+        the NLL-optimal temperature: fitted on every margin for one logit or two columns (the
+        NLL of a binary model depends on its margins only), on the reservoir's logits from
+        three columns on (exact when it holds every sample, else flagged in ``sampled``)."""
+        if self.num_columns <= 2:
+            margins = torch.cat(self.samples["margin"])
+            fit = _fit_temperature(margins=margins)
+            how = f"fitted on all {len(margins)} margins"
+        else:
+            res = self.reservoir
+            if len(res) == 0:
+                fit = TemperatureFit(
+                    NAN, reason="fitted on the reservoir's logits, and reservoir_size is 0"
+                )
+            else:
+                order = torch.argsort(res.keys)  # independent of arrival order
+                fit = _fit_temperature(logits=res.extra[order], labels=res.labels[order])
+                info = {"exact": res.exact, "sample_size": len(res), "population": res.seen}
+                sampled["fitted_temperature"] = dict(info)
+                sampled["fitted_scale"] = dict(info)
+            how = f"fitted on the logits of the reservoir's {len(res)} rows"
+        scale, why = self._logit_scale()
+        result = _calibration_compute(self.calibration, fit, scale, why)
+        metrics.update(result.to_dict())
+        reasons.update(result.reasons)
+        reasons.setdefault("fitted_temperature", how)
+        sections["reliability"] = result.reliability
+
+    def _logit_scale(self) -> tuple[float | None, str]:
+        """The head's s when the logits can be its scaled cosines s cos(theta) (one column per
+        head class, every |z| <= s up to 0.1%), else None and why not."""
+        if self.head is None:
+            return None, NO_SCALE
+        s = self.head.s
+        if self.num_columns != self.head.num_classes:
+            return None, (
+                f"the logits ({self._describe(self.num_columns)}) do not have one column per "
+                f"class of the head ({self.head.num_classes}): they are not its s * cos(theta)"
+            )
+        cs = self.colstats
+        reach = max(float(cs["max"].max()), -float(cs["min"].min()))
+        if not s > 0 or reach > s * (1 + 1e-3):
+            return None, (
+                f"the logits reach |z| = {reach:.4g}, beyond the head's s = {s:g}: they are not "
+                "its s * cos(theta)"
+            )
+        return s, ""
 
     def _head(self, metrics, reasons, sections) -> None:
         hp = self.head

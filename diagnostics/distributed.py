@@ -12,10 +12,12 @@ Collectives used, all on ``group`` (the default group when None):
 - ``all_gather_object`` once, for the small description of each rank's state (options, D,
   logit shape, label values, per-sample lengths);
 - ``all_reduce`` SUM of one packed float64 buffer (class counts, sums and squared norms, the
-  confusion matrix, logit column count/sum/sum of squares, one-vs-rest histograms and sums) and
-  MIN of one buffer (logit column minima, and the negated maxima);
+  confusion matrix, logit column count/sum/sum of squares, one-vs-rest histograms and sums, the
+  calibration bins and sums) and MIN of one buffer (logit column minima, and the negated
+  maxima); the maximum calibration error is computed from the summed bins, so needs no MAX;
 - ``all_gather`` of padded tensors for what grows with the data (per-sample scalars, sample ids
-  as UTF-8 bytes, reservoir rows/labels/keys); the lengths are known from the description.
+  as UTF-8 bytes, reservoir rows/labels/keys and, from three logit columns on, the logits of
+  the reservoir's rows); the lengths are known from the description.
 
 Tensors travel on the CPU under gloo and on ``torch.cuda.current_device()`` under nccl (set it
 with ``torch.cuda.set_device(local_rank)`` before syncing, as DDP itself requires).
@@ -29,7 +31,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .diagnoser import HIST_BINS_FINE
+from .calibration import _calibration_zeros
+from .diagnoser import HIST_BINS_FINE, MAX_COLUMN_KEYS
 from .reservoir import Reservoir
 
 if TYPE_CHECKING:
@@ -198,14 +201,18 @@ def sync_diagnoser(diagnoser: Diagnoser, group=None) -> Diagnoser:
     }
     extremes = {}
     if cols is not None:
-        zeros = {"count": (k,), "sum": (k, cols), "sumsq": (k, cols)}
+        # column statistics are kept per class up to MAX_COLUMN_KEYS columns, else in one row
+        rows = k if cols <= MAX_COLUMN_KEYS else 1
+        zeros = {"count": (rows,), "sum": (rows, cols), "sumsq": (rows, cols)}
         sums_state["confusion"] = _or_zeros(d.confusion, (k, k))
         cs = d.colstats or {}
         for key in _SUM_STATS:
             sums_state[f"cs.{key}"] = _or_zeros(cs.get(key), zeros[key])
-        extremes["min"] = _or_zeros(cs.get("min"), (k, cols), torch.inf)
-        extremes["max"] = _or_zeros(cs.get("max"), (k, cols), -torch.inf)
-        if cols > 2:
+        extremes["min"] = _or_zeros(cs.get("min"), (rows, cols), torch.inf)
+        extremes["max"] = _or_zeros(cs.get("max"), (rows, cols), -torch.inf)
+        for key, zero in _calibration_zeros().items():
+            sums_state[f"cal.{key}"] = _or_zeros((d.calibration or {}).get(key), zero.shape)
+        if 2 < cols <= MAX_COLUMN_KEYS:  # wider logits are scored on the reservoir's rows
             ovr = d.ovr or {}
             for key in _OVR_KEYS:
                 shape = (k, HIST_BINS_FINE) if key.endswith("hist") else (k,)
@@ -251,16 +258,21 @@ def sync_diagnoser(diagnoser: Diagnoser, group=None) -> Diagnoser:
         ids = [text[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
     res = d.reservoir
     res_lengths = [e["reservoir"] for e in descs]
+    with_logits = cols is not None and cols > 2  # the reservoir keeps its rows' logits
     if len(res):
         rows, keys, res_labels = res.rows, res.keys, mapping[res.labels]
+        extra = res.extra
     else:
         rows = torch.zeros(0, dim, dtype=torch.float32)
         keys = res_labels = torch.zeros(0, dtype=torch.int64)
+        extra = torch.zeros(0, cols, dtype=torch.float32) if with_logits else None
     union = Reservoir(res.capacity, res.seed)
     if sum(res_lengths):
         union.rows = _gather_rows(rows, res_lengths, group, device)
         union.keys = _gather_rows(keys, res_lengths, group, device)
         union.labels = _gather_rows(res_labels, res_lengths, group, device)
+        if with_logits:
+            union.extra = _gather_rows(extra, res_lengths, group, device)
     union.seen = seen
 
     # install the common state
@@ -276,11 +288,17 @@ def sync_diagnoser(diagnoser: Diagnoser, group=None) -> Diagnoser:
                 **{key: reduced_sum[f"cs.{key}"] for key in _SUM_STATS},
                 "min": lows["min"],
                 "max": -lows["negmax"],
+                **({} if cols <= MAX_COLUMN_KEYS else {"by_class": False}),
             }
             if any_cs
             else None
         )
-        d.ovr = {key: reduced_sum[f"ovr.{key}"] for key in _OVR_KEYS} if cols > 2 else None
+        d.ovr = (
+            {key: reduced_sum[f"ovr.{key}"] for key in _OVR_KEYS}
+            if 2 < cols <= MAX_COLUMN_KEYS
+            else None
+        )
+        d.calibration = {key: reduced_sum[f"cal.{key}"] for key in _calibration_zeros()}
     d.samples = {key: [gathered[key]] if key in gathered else [] for key in d.samples}
     d.ids = ids
     d.reservoir = Reservoir(res.capacity, res.seed)

@@ -172,6 +172,14 @@ def report_plots(report) -> dict[str, bytes]:
             f"Genuine vs impostor pairs: KS {fmt(m.get('pair_ks', math.nan))}, "
             f"EER {fmt(m.get('eer', math.nan))}",
         )
+    rel = report.sections.get("reliability")
+    if rel and rel.get("count"):
+        out["reliability"] = _reliability_plot(
+            rel,
+            f"Reliability: ECE {fmt(m.get('ece', math.nan))}, "
+            f"MCE {fmt(m.get('mce', math.nan))}, "
+            f"fitted T {fmt(m.get('fitted_temperature', math.nan))}",
+        )
     cols = report.sections.get("logit_columns")
     if cols and len(cols["col"]) <= 16:
         out["logit_columns"] = _logit_columns_plot(cols)
@@ -179,6 +187,37 @@ def report_plots(report) -> dict[str, bytes]:
     if pca and pca.get("x"):
         out["pca"] = _pca_plot(pca)
     return out
+
+
+def _reliability_plot(rel: dict, title: str) -> bytes:
+    """Accuracy per confidence bin (bars over the bins), each bin's mean confidence against its
+    accuracy (points; empty bins have none) and the diagonal of perfect calibration."""
+    fig, ax = _figure(4.5, 4.5)
+    edges = np.asarray(rel["edges"], dtype=float)
+    acc = np.asarray(rel["accuracy"], dtype=float)  # "nan" (a report read from JSON) too
+    conf = np.asarray(rel["confidence"], dtype=float)
+    count = np.asarray(rel["count"], dtype=float)
+    ax.bar(
+        edges[:-1],
+        np.nan_to_num(acc),
+        np.diff(edges),
+        align="edge",
+        alpha=0.35,
+        edgecolor="tab:blue",
+        label="accuracy per bin",
+    )
+    seen = count > 0
+    ax.plot(
+        conf[seen], acc[seen], "o", color="tab:blue", markersize=4, label="(confidence, accuracy)"
+    )
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-label probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    return _png(fig)
 
 
 def _logit_columns_plot(cols: dict) -> bytes:

@@ -23,8 +23,12 @@ _DIRECTIONS: list[tuple[str, str]] = [
         r"nc1|intra_mean|intra_inter_ratio|negative_margin_fraction|gray_zone_(count|fraction)",
         "lower",
     ),
-    (r"confident_error_count|centroid_confusion_(count|fraction)|eer|nonfinite_count|zero_norm_count", "lower"),
+    (
+        r"confident_error_count|centroid_confusion_(count|fraction)|eer|nonfinite_count|zero_norm_count",
+        "lower",
+    ),
     (r"saturation_fraction|angle_true_mean|fallback_fraction", "lower"),
+    (r"ece|mce|brier|nll", "lower"),  # fitted_temperature, fitted_scale: descriptive
     (r"head\.(dead_class_count|looks_untrained|margin_leak|weight_norm_cv)", "lower"),
 ]
 

@@ -38,6 +38,8 @@ CASES = {
         "reservoir_size": 50,
         "space": "euclidean",
     },
+    # wide logits: scored and calibrated on the reservoir's logits, which must travel with it
+    "wide_logits_sampled": {"logits": 20, "ids": False, "reservoir_size": 60},
     "empty_batch_on_a_rank": {"logits": 3, "ids": False, "reservoir_size": 0, "empty": "batch"},
     "all_empty": {"logits": None, "ids": False, "reservoir_size": 100, "empty": "all"},
 }
