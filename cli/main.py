@@ -77,7 +77,8 @@ def _number(
 
 _positive_int = _number(int, 1, "a positive integer")
 _non_negative_int = _number(int, 0, "an integer >= 0")
-_non_negative_float = _number(float, 0.0, "a number >= 0")
+# a finite bound: an infinite tolerance would silently switch the regression gate off
+_non_negative_float = _number(float, 0.0, "a finite number >= 0", maximum=1e300)
 _seed = _number(int, 0, f"an integer from 0 to {MAX_SEED}", maximum=MAX_SEED)
 
 
