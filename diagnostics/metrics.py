@@ -267,15 +267,17 @@ def _nc1_compute(
     r = min(k - 1, int((sv > cut).sum()))
     a_pinv = (vh[:r].T / sv[:r]) @ u[:, :r].T  # [D, k]
     # (x_i - mu_{y_i}) A^+ = x_i A^+ - mu_{y_i} A^+: rows are projected onto the k columns
-    # block by block (float64), so no centred N x D copy is formed
+    # block by block (float64), so no centred N x D copy is formed; the many small products
+    # run on one thread (two spin against each other on a busy machine, as in one_thread)
     proj_means = means @ a_pinv  # [C, k]
     idx = idx.cpu()
     rows = max(1, _NC1_BLOCK // max(1, x.shape[1]))
     total = 0.0
-    for start in range(0, x.shape[0], rows):
-        proj = x[start : start + rows].to("cpu", torch.float64) @ a_pinv
-        proj -= proj_means[idx[start : start + rows]]
-        total += float(proj.square().sum())
+    with one_thread():
+        for start in range(0, x.shape[0], rows):
+            proj = x[start : start + rows].to("cpu", torch.float64) @ a_pinv
+            proj -= proj_means[idx[start : start + rows]]
+            total += float(proj.square().sum())
     return float(weight * total / k), None
 
 
