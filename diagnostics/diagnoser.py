@@ -9,30 +9,64 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from . import state as S
 from ._validation import check_batch, check_label_range, check_space
 from .calibration import (
     NO_SCALE,
     TemperatureFit,
     _calibration_compute,
     _calibration_update,
-    _calibration_zeros,
     _fit_temperature,
 )
 from .heads import HeadParams, _angles_update, head_health, head_params
 from .pca import pca_view
 from .reservoir import Reservoir
+from .state import HIST_BINS_FINE, MAX_COLUMN_KEYS
 
 NAN = float("nan")
 SCHEMA = "embscope.report/1"
-MAX_COLUMN_KEYS = 16  # logit column statistics enter the flat metrics up to this many columns
-HIST_BINS_FINE = 1000  # one-vs-rest score histograms (multi-class KS resolution)
+NO_MAP = torch.zeros(0, dtype=torch.int64)  # merges of fields that are not per class slot
 MAX_PLOT_SERIES = 10  # per-class histograms in the report up to this many classes
+
+
+class _Field:
+    """``d.counts`` reads and writes ``d.state["counts"]`` (one declared field, state.py)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else obj.state.get(self.name)
+
+    def __set__(self, obj, value) -> None:
+        obj.state[self.name] = value
+
+
+class _Count(_Field):
+    """A scalar counter field, read as an int."""
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else int(obj.state[self.name])
+
+    def __set__(self, obj, value) -> None:
+        obj.state[self.name] = torch.tensor(float(value), dtype=torch.float64)
+
+
+class _Group:
+    """``d.ovr`` is the dict of the fields ``ovr.*`` (the state's own tensors and lists), or
+    None when none is active."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else S.group(obj.state, self.prefix)
 
 
 class Diagnoser:
     """Streaming, mergeable accumulator of embedding-space diagnostics.
 
-    State: per-class counts, vector sums and squared norms (float64), a confusion matrix,
+    State (declared once in ``state.py``): per-class counts, vector sums and squared norms (float64), a confusion matrix,
     logit column moments, one-vs-rest score histograms, per-sample scalars (labels, scores,
     margins, angles, ids) and a bounded reservoir of at most ``reservoir_size`` embeddings for
     the metrics that need vectors (retrieval, pair distributions, NC1, centroid confusion),
@@ -102,6 +136,25 @@ class Diagnoser:
         self.reservoir = Reservoir(reservoir_size, seed)
         self.reset()
 
+    # declared state (state.py), read and written under these names
+    counts = _Field("counts")
+    sums = _Field("sums")
+    sqnorms = _Field("sqnorms")
+    confusion = _Field("confusion")
+    ids = _Field("ids")
+    nonfinite = _Count("nonfinite")
+    zero_norm = _Count("zero_norm")
+    ovr = _Group("ovr")
+    calibration = _Group("calibration")
+    samples = _Group("samples")
+
+    @property
+    def colstats(self) -> dict | None:
+        cs = S.group(self.state, "colstats")
+        if cs is not None:
+            cs["by_class"] = self.num_columns <= MAX_COLUMN_KEYS
+        return cs
+
     # ------------------------------------------------------------------------------------------
     def reset(self) -> None:
         self.reservoir.reset()
@@ -112,30 +165,24 @@ class Diagnoser:
         self._values: list[int] = []  # slot -> raw label value
         self._slot: dict[int, int] = {}
         self.dim: int | None = None
-        self.synced = False  # True once sync() folded every rank in (see sync, compute)
         self.num_columns: int | None = None  # logits: None (none seen), 1 (binary logit) or C
-        self.counts = torch.zeros(0, dtype=torch.float64)
-        self.sums: torch.Tensor | None = None
-        self.sqnorms = torch.zeros(0, dtype=torch.float64)
-        self.nonfinite = 0
-        self.zero_norm = 0
-        self.confusion: torch.Tensor | None = None
-        self.colstats: dict | None = None
-        self.ovr: dict | None = None
-        self.calibration: dict | None = None  # calibration sums (see calibration.py)
-        self.samples: dict[str, list] = {k: [] for k in self._SAMPLE_KEYS}
-        self.ids: list[str] | None = None
+        self.synced = False  # True once sync() folded every rank in (see sync, compute)
+        self.state: dict = S.empty(None)
 
-    _SAMPLE_KEYS = (
-        "label",
-        "log_odds",
-        "margin",
-        "pred",
-        "top_prob",
-        "gray",
-        "angle_true",
-        "angle_other",
-    )
+    def _layout(self) -> S.Layout:
+        return S.Layout(len(self._values), self.dim, self.num_columns)
+
+    def state_dict(self) -> dict:
+        """The declared state and what fixes its layout (a copy; see state.py)."""
+        return {
+            "layout": None if self.dim is None else self._layout(),
+            "values": list(self._values),
+            "state": {
+                k: list(v) if isinstance(v, list) else v.clone()
+                for k, v in self.state.items()
+                if v is not None
+            },
+        }
 
     # ------------------------------------------------------------------------------------------
     def _slots(self, labels: torch.Tensor) -> torch.Tensor:
@@ -157,12 +204,7 @@ class Diagnoser:
         return self.num_columns is not None or self.head is not None
 
     def _grow(self, k: int) -> None:
-        extra = k - len(self.counts)
-        if extra <= 0:
-            return
-        self.counts = torch.cat([self.counts, torch.zeros(extra, dtype=torch.float64)])
-        self.sqnorms = torch.cat([self.sqnorms, torch.zeros(extra, dtype=torch.float64)])
-        self.sums = torch.cat([self.sums, torch.zeros(extra, self.dim, dtype=torch.float64)])
+        S.grow(self.state, k)
 
     def _check_shapes(self, b) -> None:
         """Raise, without touching the state, when this batch cannot join the earlier ones."""
@@ -197,29 +239,18 @@ class Diagnoser:
         if self.head is not None:
             check_label_range(b.labels, self.head.num_classes, "head's class weights")
 
-    def _start(self, b) -> None:
-        """Fix D, the logit shape, ids and the class slots from the first batch."""
-        cols = _columns(b.logits)
-        self.dim = b.embeddings.shape[1]
-        self.sums = torch.zeros(0, self.dim, dtype=torch.float64)
-        self.ids = [] if b.ids is not None else None
-        self.num_columns = cols
-        if cols is None and self.head is not None:
-            self._values = list(range(self.head.num_classes))
+    def _start(self, dim: int, cols: int | None, with_ids: bool) -> None:
+        """Fix D, the logit shape, the class slots and ids from the first batch (or the first
+        state merged in), and lay the declared state out for them."""
+        self.dim, self.num_columns = dim, cols
         if cols is not None:
-            k = 2 if cols == 1 else cols
-            self._values = list(range(k))
-            self.confusion = torch.zeros(k, k, dtype=torch.float64)
-            self.calibration = _calibration_zeros()
-            if 2 < cols <= MAX_COLUMN_KEYS:
-                self.ovr = {
-                    "pos_hist": torch.zeros(k, HIST_BINS_FINE, dtype=torch.float64),
-                    "all_hist": torch.zeros(k, HIST_BINS_FINE, dtype=torch.float64),
-                    "pos_sum": torch.zeros(k, dtype=torch.float64),
-                    "pos_sumsq": torch.zeros(k, dtype=torch.float64),
-                    "all_sum": torch.zeros(k, dtype=torch.float64),
-                    "all_sumsq": torch.zeros(k, dtype=torch.float64),
-                }
+            self._values = list(range(2 if cols == 1 else cols))
+        elif self.head is not None:
+            self._values = list(range(self.head.num_classes))
+        early = {k: v for k, v in self.state.items() if S.FIELDS[k].early}
+        self.state = {**S.empty(self._layout()), **early}
+        if not with_ids:
+            self.state["ids"] = None
 
     @staticmethod
     def _describe(cols):
@@ -245,7 +276,7 @@ class Diagnoser:
         b = check_batch(embeddings, labels, logits, ids, drop_zero_rows=self.space == "cosine")
         self._check_shapes(b)
         if self.dim is None:
-            self._start(b)
+            self._start(b.embeddings.shape[1], _columns(b.logits), b.ids is not None)
         self.nonfinite += b.dropped
         self.zero_norm += b.zero_rows
         slots = self._slots(b.labels)
@@ -287,20 +318,15 @@ class Diagnoser:
             self.samples["log_odds"].append(M.positive_log_odds(z).double().cpu())
         self.confusion += M._confusion_update(h["pred"], y, k)
         cs = M._column_stats_update(z, y, k, by_class=self.num_columns <= MAX_COLUMN_KEYS)
-        if self.colstats is None:
-            self.colstats = cs
-        else:
-            _merge_colstats(self.colstats, cs)
+        self._add("colstats", {key: v for key, v in cs.items() if key != "by_class"})
         if self.ovr is not None:
-            self._update_ovr(z, y, h["lse"], k)
-        for key, value in _calibration_update(z, y, lse=h.get("lse")).items():
-            self.calibration[key] += value
+            p = torch.exp(z.float() - h["lse"].float()[:, None])
+            self._add("ovr", {key: v.cpu() for key, v in _ovr_state(p, y, k).items()})
+        self._add("calibration", _calibration_update(z, y, lse=h.get("lse")))
 
-    def _update_ovr(self, z: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, k: int) -> None:
-        """One-vs-rest score state (see :func:`_ovr_state`) of this batch, added to the total."""
-        p = torch.exp(z.float() - lse.float()[:, None])
-        for key, value in _ovr_state(p, y, k).items():
-            self.ovr[key] += value.cpu()
+    def _add(self, prefix: str, batch_state: dict) -> None:
+        """Fold one batch's ``prefix.*`` fields into the state by their declared reductions."""
+        S.merge(self.state, {f"{prefix}.{k}": v for k, v in batch_state.items()}, NO_MAP)
 
     # ------------------------------------------------------------------------------------------
     def merge(self, other: Diagnoser) -> Diagnoser:
@@ -328,28 +354,17 @@ class Diagnoser:
             )
         if other.dim is None:
             return self
-        if self.dim is None:
-            self.dim = other.dim
-            self.sums = torch.zeros(0, self.dim, dtype=torch.float64)
-            self.num_columns = other.num_columns
-            if other._indexed:
-                self._values = list(other._values)
-            if other.num_columns is not None:
-                self.confusion = torch.zeros_like(other.confusion)
-                self.calibration = {k: torch.zeros_like(v) for k, v in other.calibration.items()}
-                self.ovr = (
-                    None
-                    if other.ovr is None
-                    else {k: torch.zeros_like(v) for k, v in other.ovr.items()}
-                )
-            self.ids = None if other.ids is None else []
-        if other.dim != self.dim or other.num_columns != self.num_columns:
+        if self.dim is not None and (
+            other.dim != self.dim or other.num_columns != self.num_columns
+        ):
             raise ValueError(
                 f"cannot merge: D {other.dim} vs {self.dim}, logits "
                 f"{self._describe(other.num_columns)} vs {self._describe(self.num_columns)}"
             )
-        if (other.ids is None) != (self.ids is None):
+        if self.dim is not None and (other.ids is None) != (self.ids is None):
             raise ValueError("cannot merge: one Diagnoser has ids and the other has not")
+        if self.dim is None:
+            self._start(other.dim, other.num_columns, other.ids is not None)
         # map the other's slots onto ours
         mapping = (
             self._slots(torch.as_tensor(other._values, dtype=torch.int64))
@@ -357,34 +372,7 @@ class Diagnoser:
             else torch.zeros(0, dtype=torch.int64)
         )
         self._grow(len(self._values))
-        if len(mapping):
-            self.counts.index_add_(0, mapping, other.counts)
-            self.sums.index_add_(0, mapping, other.sums)
-            self.sqnorms.index_add_(0, mapping, other.sqnorms)
-        self.nonfinite += other.nonfinite
-        self.zero_norm += other.zero_norm
-        for key, chunks in other.samples.items():
-            if key == "label":
-                self.samples[key].extend(mapping[c] for c in chunks)
-            else:
-                self.samples[key].extend(chunks)
-        if other.ids is not None:
-            self.ids.extend(other.ids)
-        if self.confusion is not None:
-            self.confusion += other.confusion
-            if other.colstats is not None:
-                if self.colstats is None:
-                    self.colstats = {
-                        k: v.clone() if isinstance(v, torch.Tensor) else v
-                        for k, v in other.colstats.items()
-                    }
-                else:
-                    _merge_colstats(self.colstats, other.colstats)
-            if self.ovr is not None:
-                for k, v in other.ovr.items():
-                    self.ovr[k] += v
-            for k, v in other.calibration.items():
-                self.calibration[k] += v
+        S.merge(self.state, other.state, mapping)
         moved = Reservoir(other.reservoir.capacity, other.reservoir.seed)
         moved.seen = other.reservoir.seen
         if len(other.reservoir):
@@ -441,14 +429,14 @@ class Diagnoser:
         sampled: dict[str, dict] = {}
         sections: dict = {}
         order = np.argsort(np.asarray(self._values, dtype=np.int64), kind="stable")
-        n = float(self.counts.sum())
+        n = 0.0 if self.counts is None else float(self.counts.sum())
+        if n == 0:
+            raise ValueError(self._no_rows_message())
         present = self.counts > 0
         metrics["n"] = n
         metrics["num_classes"] = float(present.sum())
         metrics["nonfinite_count"] = float(self.nonfinite)
         metrics["zero_norm_count"] = float(self.zero_norm)
-        if n == 0:
-            raise ValueError(self._no_rows_message())
         labels = torch.cat(self.samples["label"])
         self._geometry(metrics, reasons)
         if self.num_columns is not None:
@@ -473,18 +461,10 @@ class Diagnoser:
             return "no usable rows: no rows were given"
         why = []
         if self.nonfinite:
-            why.append(f"{self.nonfinite} with NaN or Inf in the embeddings or logits")
+            why.append(f"{self.nonfinite} with NaN/Inf in the embeddings or logits")
         if self.zero_norm:
-            why.append(f"{self.zero_norm} all-zero (no direction in cosine space)")
+            why.append(f"{self.zero_norm} all-zero, which have no direction in cosine space")
         return f"no usable rows: all {dropped} rows were dropped ({', '.join(why)})"
-
-    def dropped_summary(self) -> str | None:
-        """One line when more than half of the rows given were dropped, else None."""
-        dropped = self.nonfinite + self.zero_norm
-        total = dropped + float(self.counts.sum())
-        if total == 0 or dropped * 2 <= total:
-            return None
-        return dropped_line(self.nonfinite, self.zero_norm, total)
 
     def _meta(self) -> dict:
         return {
@@ -910,16 +890,6 @@ def _columns(z: torch.Tensor | None) -> int | None:
 
 def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _merge_colstats(a: dict, b: dict) -> None:
-    if a.get("by_class", True) != b.get("by_class", True):
-        raise ValueError("cannot merge column statistics kept with and without classes")
-    a["count"] += b["count"]
-    a["sum"] += b["sum"]
-    a["sumsq"] += b["sumsq"]
-    a["min"] = torch.minimum(a["min"], b["min"])
-    a["max"] = torch.maximum(a["max"], b["max"])
 
 
 def diagnose(embeddings, labels, logits=None, head=None, *, ids=None, **options):

@@ -31,15 +31,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .calibration import _calibration_zeros
-from .diagnoser import HIST_BINS_FINE, MAX_COLUMN_KEYS
+from . import state as S
 from .reservoir import Reservoir
 
 if TYPE_CHECKING:
     from .diagnoser import Diagnoser
-
-_OVR_KEYS = ("all_hist", "all_sum", "all_sumsq", "pos_hist", "pos_sum", "pos_sumsq")
-_SUM_STATS = ("count", "sum", "sumsq")
 
 
 def _dist():
@@ -63,7 +59,7 @@ def collective_device(group=None) -> torch.device:
 
 def _describe(d: Diagnoser) -> dict:
     """The small, picklable description of one rank's state that every rank needs first."""
-    samples = {k: torch.cat(v) if v else None for k, v in d.samples.items()}
+    samples = {k: torch.cat(d.state[k]) if d.state.get(k) else None for k in S.cat_fields()}
     # ids travel as one UTF-8 blob per rank plus their lengths in characters
     ids = d.ids or []
     blob = "".join(ids).encode("utf-8")
@@ -73,14 +69,13 @@ def _describe(d: Diagnoser) -> dict:
         "dim": d.dim,
         "num_columns": d.num_columns,
         "values": [int(v) for v in d._values],
-        "n": 0 if samples["label"] is None else len(samples["label"]),
+        "n": 0 if samples["samples.label"] is None else len(samples["samples.label"]),
         "lengths": {k: 0 if t is None else len(t) for k, t in samples.items()},
         "dtypes": {
             k: str(t.dtype).removeprefix("torch.") for k, t in samples.items() if t is not None
         },
         "has_ids": d.ids is not None,
         "id_bytes": len(blob),
-        "has_colstats": d.colstats is not None,
         "reservoir": len(d.reservoir),
         "seen": int(d.reservoir.seen),
         "nonfinite": int(d.nonfinite),
@@ -152,8 +147,9 @@ def sync_diagnoser(diagnoser: Diagnoser, group=None) -> Diagnoser:
     """Fold the states of every rank of ``group`` into ``diagnoser``, in place; returns it.
 
     A collective: every rank of ``group`` must call it, once per evaluation (this function
-    syncing twice counts the other ranks twice; ``Diagnoser.sync`` guards against that). Afterwards every rank holds the same state, equal to that of
-    one Diagnoser fed every rank's batches in rank order, except that class slots follow the
+    syncing twice counts the other ranks twice; ``Diagnoser.sync`` guards against that).
+    Afterwards every rank holds the same state, equal to that of one Diagnoser fed every
+    rank's batches in rank order, except that class slots follow the
     sorted label values (slots are internal; reports do not depend on them) and sums differ by
     float64 rounding. A rank that saw no samples (``dim`` None) contributes nothing.
 
@@ -170,8 +166,8 @@ def sync_diagnoser(diagnoser: Diagnoser, group=None) -> Diagnoser:
     dist.all_gather_object(descs, wire, group=group)
     live = _check(descs)
     d = diagnoser
-    d.nonfinite = sum(e["nonfinite"] for e in descs)
-    d.zero_norm = sum(e["zero_norm"] for e in descs)
+    for counter in ("nonfinite", "zero_norm"):  # the early fields: summed from the descriptions
+        setattr(d, counter, sum(e[counter] for e in descs))
     seen = sum(e["seen"] for e in descs)
     if not live:
         d.reservoir.seen = seen
@@ -187,42 +183,19 @@ def sync_diagnoser(diagnoser: Diagnoser, group=None) -> Diagnoser:
     k = len(values)
     mapping = torch.as_tensor([pos[v] for v in mine["values"]], dtype=torch.int64)
 
-    # fixed-shape states: one SUM and one MIN all_reduce of packed float64 buffers
-    def on_common(t: torch.Tensor | None, shape: tuple) -> torch.Tensor:
-        out = torch.zeros(shape, dtype=torch.float64)
-        if t is not None and len(mapping):
-            out.index_add_(0, mapping, t.to(torch.float64))
-        return out
-
-    sums_state = {
-        "counts": on_common(d.counts, (k,)),
-        "sums": on_common(d.sums, (k, dim)),
-        "sqnorms": on_common(d.sqnorms, (k,)),
+    # fixed-shape states, as declared (state.py): one SUM and one MIN all_reduce of packed
+    # float64 buffers (maxima travel negated), per-class fields on the common slots
+    layout = S.Layout(k, dim, cols)
+    reduced = _all_reduce_packed(
+        S.remapped(d.state, layout, mapping, "sum"), dist.ReduceOp.SUM, group, device
+    )
+    lows = {
+        **S.remapped(d.state, layout, mapping, "min"),
+        **{name: -t for name, t in S.remapped(d.state, layout, mapping, "max").items()},
     }
-    extremes = {}
-    if cols is not None:
-        # column statistics are kept per class up to MAX_COLUMN_KEYS columns, else in one row
-        rows = k if cols <= MAX_COLUMN_KEYS else 1
-        zeros = {"count": (rows,), "sum": (rows, cols), "sumsq": (rows, cols)}
-        sums_state["confusion"] = _or_zeros(d.confusion, (k, k))
-        cs = d.colstats or {}
-        for key in _SUM_STATS:
-            sums_state[f"cs.{key}"] = _or_zeros(cs.get(key), zeros[key])
-        extremes["min"] = _or_zeros(cs.get("min"), (rows, cols), torch.inf)
-        extremes["max"] = _or_zeros(cs.get("max"), (rows, cols), -torch.inf)
-        for key, zero in _calibration_zeros().items():
-            sums_state[f"cal.{key}"] = _or_zeros((d.calibration or {}).get(key), zero.shape)
-        if 2 < cols <= MAX_COLUMN_KEYS:  # wider logits are scored on the reservoir's rows
-            ovr = d.ovr or {}
-            for key in _OVR_KEYS:
-                shape = (k, HIST_BINS_FINE) if key.endswith("hist") else (k,)
-                sums_state[f"ovr.{key}"] = _or_zeros(ovr.get(key), shape)
-    reduced_sum = _all_reduce_packed(sums_state, dist.ReduceOp.SUM, group, device)
-    if extremes:
-        # maxima travel negated so that one MIN reduction serves both
-        lows = _all_reduce_packed(
-            {"min": extremes["min"], "negmax": -extremes["max"]}, dist.ReduceOp.MIN, group, device
-        )
+    if lows:
+        for name, t in _all_reduce_packed(lows, dist.ReduceOp.MIN, group, device).items():
+            reduced[name] = t if S.FIELDS[name].reduce == "min" else -t
 
     # per-sample scalars, ids and the reservoir: padded all_gather in rank order
     lengths = [e["n"] for e in descs]
@@ -237,7 +210,7 @@ def sync_diagnoser(diagnoser: Diagnoser, group=None) -> Diagnoser:
             [getattr(torch, e["dtypes"][key]) for e in descs if key in e["dtypes"]],
         )
         local = torch.zeros(0, dtype=dtype) if local is None else local.to(dtype)
-        if key == "label" and len(local):
+        if S.FIELDS[key].slots and len(local):
             local = mapping[local]
         gathered[key] = _gather_rows(local, key_lengths, group, device)
     if any(e["n"] for e in descs):
@@ -279,38 +252,16 @@ def sync_diagnoser(diagnoser: Diagnoser, group=None) -> Diagnoser:
     d.dim, d.num_columns = dim, cols
     d._values = values
     d._slot = {} if d._indexed else dict(pos)
-    d.counts, d.sums, d.sqnorms = reduced_sum["counts"], reduced_sum["sums"], reduced_sum["sqnorms"]
-    if cols is not None:
-        d.confusion = reduced_sum["confusion"]
-        any_cs = any(e["has_colstats"] for e in descs)
-        d.colstats = (
-            {
-                **{key: reduced_sum[f"cs.{key}"] for key in _SUM_STATS},
-                "min": lows["min"],
-                "max": -lows["negmax"],
-                **({} if cols <= MAX_COLUMN_KEYS else {"by_class": False}),
-            }
-            if any_cs
-            else None
-        )
-        d.ovr = (
-            {key: reduced_sum[f"ovr.{key}"] for key in _OVR_KEYS}
-            if 2 < cols <= MAX_COLUMN_KEYS
-            else None
-        )
-        d.calibration = {key: reduced_sum[f"cal.{key}"] for key in _calibration_zeros()}
-    d.samples = {key: [gathered[key]] if key in gathered else [] for key in d.samples}
-    d.ids = ids
+    d.state = {
+        "nonfinite": d.state["nonfinite"],
+        "zero_norm": d.state["zero_norm"],
+        **reduced,
+        **{key: [gathered[key]] if key in gathered else [] for key in S.cat_fields()},
+        "ids": ids,
+    }
     d.reservoir = Reservoir(res.capacity, res.seed)
     d.reservoir.merge(union)  # keeps the ``capacity`` smallest keys, as one process would
     return d
-
-
-def _or_zeros(t: torch.Tensor | None, shape: tuple, fill: float = 0.0) -> torch.Tensor:
-    """``t`` as float64, or the identity of its reduction where this rank has no such state."""
-    if t is None:
-        return torch.full(shape, fill, dtype=torch.float64)
-    return t.to("cpu", torch.float64)
 
 
 def _all_reduce_packed(states: dict, op, group, device) -> dict:

@@ -37,7 +37,7 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 @pytest.mark.parametrize(
     ("fill", "why"),
-    [(np.nan, "100 with NaN or Inf"), (np.inf, "100 with NaN or Inf"), (0.0, "100 all-zero")],
+    [(np.nan, "100 with NaN/Inf"), (np.inf, "100 with NaN/Inf"), (0.0, "100 all-zero")],
 )
 def test_no_usable_row_is_exit_2_before_any_fail_on_rule(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], fill: float, why: str
@@ -126,7 +126,7 @@ def test_a_model_that_emits_nan_is_exit_2_naming_checkpoint_and_data(
     n = len(digits.y)
     assert line.startswith(
         f"diagnose: error: {checkpoint}: the model's outputs on {digits.tensors_pt}: no usable "
-        f"rows: all {n} rows were dropped ({n} with NaN or Inf"
+        f"rows: all {n} rows were dropped ({n} with NaN/Inf"
     )
     assert line.endswith(
         "(check the checkpoint's weights and that the data is scaled as in training)"
