@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .registry import compared_keys
 from .report import Recommendation, Report, direction
 
 NAN = float("nan")
@@ -400,20 +401,7 @@ def _poorly_separated(report: Report, t: dict) -> dict | None:
 # ----------------------------------------------------------------------------------------------
 
 # scale-free metrics that a change of loss head leaves comparable
-COMPARE_KEYS = (
-    "f1",
-    "macro_f1",
-    "accuracy",
-    "score_ks",
-    "score_hellinger",
-    "fisher_ratio",
-    "intra_inter_ratio",
-    "pair_ks",
-    "recall_at_1",
-    "map_at_r",
-    "eer",
-    "gray_zone_fraction",
-)
+COMPARE_KEYS = compared_keys()  # scale-free quality metrics, from the registry
 
 
 class IncomparableReports(ValueError):

@@ -16,12 +16,29 @@ from .advice import recommend
 from .calibration import NO_SCALE, TemperatureFit, _calibration_compute, _fit_temperature
 from .heads import head_health
 from .pca import pca_view
+from .registry import subset_of
 from .report import Report
 from .scores import _ovr_from_rows, _ovr_separation
 from .state import HIST_BINS_FINE, MAX_COLUMN_KEYS
 
 NAN = float("nan")
 MAX_PLOT_SERIES = 10  # per-class histograms in the report up to this many classes
+# the metrics that need the vectors (computed on the reservoir), and those over its pairs
+_VECTOR_KEYS = (
+    "nc1",
+    "centroid_confusion_count",
+    "pair_ks",
+    "pair_hellinger",
+    "eer",
+    "tar_at_far_1e-2",
+    "tar_at_far_1e-3",
+    "tar_at_far_1e-4",
+    "roc_auc",
+    "recall_at_1",
+    "recall_at_5",
+    "map_at_r",
+)
+_PAIR_KEYS = tuple(k for k in _VECTOR_KEYS if subset_of(k) == "pair")
 
 
 def assemble(d) -> Report:
@@ -253,20 +270,7 @@ def _head(d, metrics, reasons, sections) -> None:
 def _vectors(d, metrics, reasons, sampled, sections) -> None:
     """Metrics that need the vectors, on the reservoir (exact when it holds every sample)."""
     res = d.reservoir
-    names = [
-        "nc1",
-        "centroid_confusion_count",
-        "pair_ks",
-        "pair_hellinger",
-        "eer",
-        "tar_at_far_1e-2",
-        "tar_at_far_1e-3",
-        "tar_at_far_1e-4",
-        "roc_auc",
-        "recall_at_1",
-        "recall_at_5",
-        "map_at_r",
-    ]
+    names = _VECTOR_KEYS
     if len(res) == 0:
         for key in names:
             metrics[key] = NAN
@@ -276,9 +280,7 @@ def _vectors(d, metrics, reasons, sampled, sections) -> None:
     x, y = res.rows[order], res.labels[order]
     info = {"exact": res.exact, "sample_size": len(res), "population": res.seen}
     for key in names:
-        rows = {"pair": d.pair_rows, "retrieval": d.retrieval_rows}.get(
-            _VECTOR_GROUP.get(key), len(res)
-        )
+        rows = {"pair": d.pair_rows, "retrieval": d.retrieval_rows}.get(subset_of(key), len(res))
         used = min(rows, len(res))
         sampled[key] = {
             "exact": res.exact and used == len(res),
@@ -322,7 +324,7 @@ def _pairs(d, x, y, metrics, reasons, sections) -> None:
     n = len(y)
     ps = pair_similarities(x, y, max_pairs=max(1, n * (n - 1) // 2), seed=d.seed)
     if not (len(ps.genuine) and len(ps.impostor)):
-        for key in [k for k, group in _VECTOR_GROUP.items() if group == "pair"]:
+        for key in _PAIR_KEYS:
             metrics[key] = NAN
             reasons[key] = "needs same-class and different-class pairs"
         return
@@ -380,18 +382,3 @@ def _class_table(d, order) -> list[dict]:
             row["predicted"] = int(cm[:, slot].sum())
         rows.append(row)
     return rows
-
-
-# which bounded subset of the reservoir each vector-based metric uses
-_VECTOR_GROUP = {
-    "pair_ks": "pair",
-    "pair_hellinger": "pair",
-    "eer": "pair",
-    "tar_at_far_1e-2": "pair",
-    "tar_at_far_1e-3": "pair",
-    "tar_at_far_1e-4": "pair",
-    "roc_auc": "pair",
-    "recall_at_1": "retrieval",
-    "recall_at_5": "retrieval",
-    "map_at_r": "retrieval",
-}

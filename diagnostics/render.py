@@ -12,27 +12,9 @@ import math
 
 import numpy as np
 
-KEY_METRICS = (
-    "n",
-    "num_classes",
-    "accuracy",
-    "f1",
-    "macro_f1",
-    "score_ks",
-    "score_hellinger",
-    "fisher_ratio",
-    "intra_inter_ratio",
-    "pair_ks",
-    "recall_at_1",
-    "map_at_r",
-    "eer",
-    "margin_median",
-    "gray_zone_fraction",
-    "pred_positive_rate",
-    "prob_mean",
-    "head.s",
-    "head.m",
-)
+from .registry import headline_keys
+
+KEY_METRICS = headline_keys()  # the summary's metrics, from the registry
 
 
 def fmt(v) -> str:

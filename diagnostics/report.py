@@ -4,42 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field, replace
 
 SCHEMA = "embscope.report/1"
-
-# Direction of every metric that has one: "higher" or "lower" is better. Patterns are regexes
-# matched against the whole name; the first match wins.
-_DIRECTIONS: list[tuple[str, str]] = [
-    (
-        r"fisher_ratio|inter_mean|score_ks|score_hellinger|score_fisher|pair_ks|pair_hellinger",
-        "higher",
-    ),
-    (r"accuracy|f1|macro_f1|margin_mean|margin_median|margin_p05", "higher"),
-    (r"recall_at_\d+|map_at_r|tar_at_far_.*|roc_auc|angle_nearest_other_mean", "higher"),
-    (r"head\.centroid_alignment|head\.min_weight_angle", "higher"),
-    (
-        r"nc1|intra_mean|intra_inter_ratio|negative_margin_fraction|gray_zone_(count|fraction)",
-        "lower",
-    ),
-    (
-        r"confident_error_count|centroid_confusion_(count|fraction)|eer|nonfinite_count|zero_norm_count",
-        "lower",
-    ),
-    (r"saturation_fraction|angle_true_mean|fallback_fraction", "lower"),
-    (r"ece|mce|brier|nll", "lower"),  # fitted_temperature, fitted_scale: descriptive
-    (r"head\.(dead_class_count|looks_untrained|margin_leak|weight_norm_cv)", "lower"),
-]
-
-
-def direction(name: str) -> str | None:
-    """ "higher" or "lower" when that is better for metric ``name``; None for descriptive ones."""
-    for pattern, d in _DIRECTIONS:
-        if re.fullmatch(pattern, name):
-            return d
-    return None
-
 
 def _clean(value):
     """JSON-safe: nan/inf become strings so the file stays valid JSON; tuples become lists."""

@@ -1,0 +1,485 @@
+"""Every metric a report can hold, described once.
+
+One record per metric (or family of metrics, by pattern): its direction, range, group, whether
+it is a headline metric (the summary and the report's key metrics), whether ``compare`` and the
+regression gate use it, whether it is computed on a bounded subset of the reservoir, a one-line
+meaning, and the independent reference the tests check it against. ``direction()``, the
+summary, ``compare``, the gate and the renderers read this table; a test checks the README's
+metric table against it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What is known about one report key (``key`` is a regex for families)."""
+
+    key: str
+    group: (
+        str  # task, separation, geometry, verification, retrieval, logits, calibration, head, data
+    )
+    direction: str | None  # "higher", "lower" or None (descriptive)
+    range: str
+    meaning: str
+    oracle: str = ""
+    headline: bool = False
+    compared: bool = False  # scale-free quality metrics that compare() and the gate judge
+    subset: str | None = None  # "pair" / "retrieval": computed on that bounded reservoir subset
+
+    def matches(self, name: str) -> bool:
+        return re.fullmatch(self.key, name) is not None
+
+
+def _m(key, group, direction, range_, meaning, oracle="", **flags) -> MetricInfo:
+    return MetricInfo(key, group, direction, range_, meaning, oracle, **flags)
+
+
+METRICS: tuple[MetricInfo, ...] = (
+    # the data
+    _m("n", "data", None, "[0, inf)", "samples used", headline=True),
+    _m("num_classes", "data", None, "[0, inf)", "classes present", headline=True),
+    _m("nonfinite_count", "data", "lower", "[0, inf)", "rows with NaN/Inf (skipped)"),
+    _m("zero_norm_count", "data", "lower", "[0, inf)", "all-zero rows in cosine space (skipped)"),
+    # the task
+    _m(
+        "accuracy",
+        "task",
+        "higher",
+        "[0, 1]",
+        "share of argmax / P >= 0.5 predictions that are right",
+        "scikit-learn accuracy_score",
+        headline=True,
+        compared=True,
+    ),
+    _m(
+        "f1",
+        "task",
+        "higher",
+        "[0, 1]",
+        "F1 of the positive class (binary)",
+        "scikit-learn f1_score",
+        headline=True,
+        compared=True,
+    ),
+    _m(
+        "macro_f1",
+        "task",
+        "higher",
+        "[0, 1]",
+        "F1 averaged over classes",
+        "scikit-learn f1_score(average='macro')",
+        headline=True,
+        compared=True,
+    ),
+    # score separation
+    _m(
+        "score_ks",
+        "separation",
+        "higher",
+        "[0, 1]",
+        "KS statistic between the scores of the classes (one-vs-rest, macro, beyond two)",
+        "scipy.stats.ks_2samp",
+        headline=True,
+        compared=True,
+    ),
+    _m(
+        "score_hellinger",
+        "separation",
+        "higher",
+        "[0, 1]",
+        "Hellinger distance between the score histograms",
+        "hand-derived",
+        headline=True,
+        compared=True,
+    ),
+    _m(
+        "score_fisher",
+        "separation",
+        "higher",
+        "[0, inf)",
+        "(m1 - m0)^2 / (v1 + v0) of the scores",
+        "numpy",
+    ),
+    # embedding geometry
+    _m(
+        "fisher_ratio",
+        "geometry",
+        "higher",
+        "[0, inf)",
+        "tr(S_B) / tr(S_W) of the embeddings",
+        "scikit-learn calinski_harabasz_score",
+        headline=True,
+        compared=True,
+    ),
+    _m(
+        "intra_mean",
+        "geometry",
+        "lower",
+        "[0, 2]",
+        "mean cosine distance over same-class pairs",
+        "brute force over pairs",
+    ),
+    _m(
+        "inter_mean",
+        "geometry",
+        "higher",
+        "[0, 2]",
+        "mean cosine distance over different-class pairs",
+        "brute force over pairs",
+    ),
+    _m(
+        "intra_inter_ratio",
+        "geometry",
+        "lower",
+        "[0, inf)",
+        "intra_mean / inter_mean",
+        "brute force over pairs",
+        headline=True,
+        compared=True,
+    ),
+    _m("nc1", "geometry", "lower", "[0, inf)", "neural collapse Tr(S_W S_B^+) / C", "numpy pinv"),
+    _m(
+        "centroid_confusion_count",
+        "geometry",
+        "lower",
+        "[0, inf)",
+        "samples nearer another class's centroid than their own",
+        "brute force",
+    ),
+    _m(
+        "centroid_confusion_fraction",
+        "geometry",
+        "lower",
+        "[0, 1]",
+        "share of samples nearer another class's centroid",
+        "brute force",
+    ),
+    # verification over pairs
+    _m(
+        "pair_ks",
+        "verification",
+        "higher",
+        "[0, 1]",
+        "KS between genuine and impostor cosine similarities",
+        "scikit-learn roc_curve",
+        headline=True,
+        compared=True,
+        subset="pair",
+    ),
+    _m(
+        "pair_hellinger",
+        "verification",
+        "higher",
+        "[0, 1]",
+        "Hellinger between genuine and impostor similarity histograms",
+        "brute force",
+        subset="pair",
+    ),
+    _m(
+        "eer",
+        "verification",
+        "lower",
+        "[0, 1]",
+        "equal error rate over genuine/impostor pairs",
+        "scikit-learn roc_curve",
+        headline=True,
+        compared=True,
+        subset="pair",
+    ),
+    _m(
+        r"tar_at_far_1e-\d",
+        "verification",
+        "higher",
+        "[0, 1]",
+        "true accept rate at a false accept rate",
+        "scikit-learn roc_curve",
+        subset="pair",
+    ),
+    _m(
+        "roc_auc",
+        "verification",
+        "higher",
+        "[0, 1]",
+        "area under the verification ROC",
+        "scikit-learn roc_auc_score",
+        subset="pair",
+    ),
+    # retrieval
+    _m(
+        "recall_at_1",
+        "retrieval",
+        "higher",
+        "[0, 1]",
+        "leave-one-out recall@1",
+        "pytorch-metric-learning AccuracyCalculator",
+        headline=True,
+        compared=True,
+        subset="retrieval",
+    ),
+    _m(
+        r"recall_at_\d+",
+        "retrieval",
+        "higher",
+        "[0, 1]",
+        "leave-one-out recall@k",
+        "pytorch-metric-learning AccuracyCalculator",
+        subset="retrieval",
+    ),
+    _m(
+        "map_at_r",
+        "retrieval",
+        "higher",
+        "[0, 1]",
+        "MAP@R (Musgrave et al. 2020)",
+        "pytorch-metric-learning AccuracyCalculator",
+        headline=True,
+        compared=True,
+        subset="retrieval",
+    ),
+    # logits
+    _m(
+        "margin_mean",
+        "logits",
+        "higher",
+        "(-inf, inf)",
+        "mean logit margin (true minus largest other)",
+        "brute force",
+    ),
+    _m(
+        "margin_median",
+        "logits",
+        "higher",
+        "(-inf, inf)",
+        "median logit margin",
+        "brute force",
+        headline=True,
+    ),
+    _m(
+        "margin_p05",
+        "logits",
+        "higher",
+        "(-inf, inf)",
+        "5th percentile of the logit margin",
+        "numpy percentile",
+    ),
+    _m(
+        "negative_margin_fraction",
+        "logits",
+        "lower",
+        "[0, 1]",
+        "share of samples with a negative margin",
+        "brute force",
+    ),
+    _m(
+        "gray_zone_fraction",
+        "logits",
+        "lower",
+        "[0, 1]",
+        "share of samples near the decision boundary",
+        "brute force",
+        headline=True,
+        compared=True,
+    ),
+    _m(
+        "gray_zone_count",
+        "logits",
+        "lower",
+        "[0, inf)",
+        "samples near the decision boundary",
+        "brute force",
+    ),
+    _m(
+        "confident_error_count",
+        "logits",
+        "lower",
+        "[0, inf)",
+        "wrong with probability >= 0.9",
+        "brute force",
+    ),
+    _m(
+        "saturation_fraction",
+        "logits",
+        "lower",
+        "[0, 1]",
+        "share of saturated probabilities",
+        "brute force",
+    ),
+    _m(
+        "prob_mean",
+        "logits",
+        None,
+        "[0, 1]",
+        "mean P(positive) (multi-class: mean top probability)",
+        headline=True,
+    ),
+    _m("pred_positive_rate", "logits", None, "[0, 1]", "share predicted positive", headline=True),
+    _m("label_positive_rate", "logits", None, "[0, 1]", "share labelled positive"),
+    _m(
+        r"logits\.col\d+\.(class\d+\.)?(mean|std|min|max)",
+        "logits",
+        None,
+        "(-inf, inf)",
+        "per logit column (and per true class) statistics",
+        "numpy",
+    ),
+    # calibration
+    _m(
+        "ece",
+        "calibration",
+        "lower",
+        "[0, 1]",
+        "top-label expected calibration error, 15 bins",
+        "torchmetrics MulticlassCalibrationError(norm='l1')",
+    ),
+    _m(
+        "mce",
+        "calibration",
+        "lower",
+        "[0, 1]",
+        "top-label maximum calibration error, 15 bins",
+        "torchmetrics MulticlassCalibrationError(norm='max')",
+    ),
+    _m("brier", "calibration", "lower", "[0, 2]", "Brier score", "brute force"),
+    _m(
+        "nll",
+        "calibration",
+        "lower",
+        "[0, inf)",
+        "mean negative log-likelihood",
+        "scikit-learn log_loss",
+    ),
+    _m(
+        "fitted_temperature",
+        "calibration",
+        None,
+        "(0, inf)",
+        "NLL-optimal temperature",
+        "scipy minimize_scalar",
+    ),
+    _m(
+        "fitted_scale",
+        "calibration",
+        None,
+        "(0, inf)",
+        "s / T of a cosine-logit margin head",
+        "scipy minimize_scalar",
+    ),
+    # margin heads
+    _m(
+        "angle_true_mean",
+        "head",
+        "lower",
+        "[0, 180]",
+        "mean angle to the own class weight (degrees)",
+        "brute force",
+    ),
+    _m(
+        "angle_nearest_other_mean",
+        "head",
+        "higher",
+        "[0, 180]",
+        "mean angle to the nearest other class weight",
+        "brute force",
+    ),
+    _m(
+        "fallback_fraction",
+        "head",
+        "lower",
+        "[0, 1]",
+        "share with theta + m > pi (ArcFace's fallback)",
+        "brute force",
+    ),
+    _m(
+        r"head\.(s|m)",
+        "head",
+        None,
+        "(0, inf)",
+        "the margin head's scale s and margin m (radians)",
+        headline=True,
+    ),
+    _m("head.num_classes", "head", None, "[1, inf)", "the margin head's number of classes"),
+    _m(
+        "head.margin_leak",
+        "head",
+        "lower",
+        "{0, 1}",
+        "1 when eval-mode logits change if labels are passed",
+    ),
+    _m(
+        "head.centroid_alignment",
+        "head",
+        "higher",
+        "[-1, 1]",
+        "class weights against class means, each centred",
+        "brute force",
+    ),
+    _m(
+        "head.looks_untrained",
+        "head",
+        "lower",
+        "{0, 1}",
+        "the head looks untrained (or weights missing)",
+    ),
+    _m("head.dead_class_count", "head", "lower", "[0, inf)", "classes present but never predicted"),
+    _m(
+        "head.min_weight_angle",
+        "head",
+        "higher",
+        "[0, 180]",
+        "smallest angle between class weights (degrees)",
+        "brute force",
+    ),
+    _m(
+        "head.weight_norm_cv",
+        "head",
+        "lower",
+        "[0, inf)",
+        "spread of weight norms (std / mean)",
+        "numpy",
+    ),
+)
+
+
+def info(name: str) -> MetricInfo | None:
+    """The record of report key ``name`` (the first whose pattern matches), or None."""
+    for m in METRICS:
+        if m.matches(name):
+            return m
+    return None
+
+
+def direction(name: str) -> str | None:
+    """ "higher" or "lower" when that is better for metric ``name``; None for descriptive ones."""
+    m = info(name)
+    return None if m is None else m.direction
+
+
+def _plain(keys) -> tuple[str, ...]:
+    out = []
+    for key in keys:
+        out += (
+            [key.replace("\\", "")]
+            if "(" not in key
+            else [key.replace(r"head\.(s|m)", "head.s"), key.replace(r"head\.(s|m)", "head.m")]
+        )
+    return tuple(out)
+
+
+def headline_keys() -> tuple[str, ...]:
+    """Keys of the headline metrics, in table order."""
+    return _plain(m.key for m in METRICS if m.headline)
+
+
+def compared_keys() -> tuple[str, ...]:
+    """Keys ``compare`` and the regression gate judge by default."""
+    return _plain(m.key for m in METRICS if m.compared)
+
+
+def subset_of(name: str) -> str | None:
+    """ "pair" / "retrieval" for metrics computed on that bounded reservoir subset, else None."""
+    m = info(name)
+    return None if m is None else m.subset
