@@ -6,7 +6,10 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 
+from .registry import direction  # re-exported: report.direction
+
 SCHEMA = "embscope.report/1"
+
 
 def _clean(value):
     """JSON-safe: nan/inf become strings so the file stays valid JSON; tuples become lists."""
