@@ -13,7 +13,6 @@ Supported, in the order they are tried:
 
 from __future__ import annotations
 
-import errno
 import importlib
 import importlib.util
 import inspect
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from embscope.cli.errors import UsageError, one_line
+from embscope.diagnostics.output import path_problem
 
 STATE_KEYS = ("state_dict", "model_state_dict", "model")
 CONFIG_KEYS = ("config", "hparams", "hyper_parameters")
@@ -50,9 +50,9 @@ class LoadedModel:
 
     Attributes
     ----------
-    module : nn.Module
-        The model. For an exported program this is its unflattened module (submodules keep their
-        names, so forward hooks work), which cannot be switched to eval mode.
+    module : nn.Module or torch.export.ExportedProgram
+        The model, as `embscope.diagnostics.diagnose_model` takes it (an exported program is run
+        through its unflattened module, in the mode it was traced in).
     kind : str
         ``"state_dict"``, ``"exported"`` or ``"pickled"``.
     path : Path
@@ -64,7 +64,7 @@ class LoadedModel:
         The factory keyword arguments actually used (empty when none).
     """
 
-    module: nn.Module
+    module: nn.Module | torch.export.ExportedProgram
     kind: str
     path: Path
     static_batch: int | None = None
@@ -80,23 +80,6 @@ def make_cwd_importable() -> None:
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
-
-
-def path_problem(path: Path) -> str | None:
-    """What keeps ``path`` from being opened, when ``exists()`` cannot tell: "is a symlink loop",
-    "is a broken symbolic link (to TARGET)" or "is not readable (permission denied)"; None when
-    it is there, or simply missing."""
-    try:
-        os.stat(path)
-        return None
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            return "is a symlink loop"
-        if error.errno in (errno.EACCES, errno.EPERM):
-            return "is not readable (permission denied on a folder above it)"
-        if os.path.islink(path):
-            return f"is a broken symbolic link (to {os.readlink(path)})"
-        return None
 
 
 def check_readable_file(path: Path, role: str) -> None:
@@ -302,7 +285,9 @@ def _pickled(module: nn.Module, path: Path, model_spec: str | None) -> LoadedMod
 
 
 def load_exported(path: Path) -> LoadedModel:
-    """Load a ``torch.export`` archive and unflatten it so submodules keep their names."""
+    """Load a ``torch.export`` archive; `embscope.diagnostics.diagnose_model` runs it."""
+    from embscope.diagnostics.model import traced_batch
+
     try:
         program = torch.export.load(path)
     except Exception as error:
@@ -311,26 +296,9 @@ def load_exported(path: Path) -> LoadedModel:
             f"cannot be loaded by torch.export.load ({one_line(f'{type(error).__name__}: {error}', 160)})",
             "write it with torch.export.save from the same or an older torch version",
         ) from error
-    try:
-        module = torch.export.unflatten(program)
-    except Exception:  # some programs cannot be unflattened; they still run, without hooks
-        module = program.module()
     return LoadedModel(
-        module=module, kind="exported", path=path, static_batch=_static_batch(program)
+        module=program, kind="exported", path=path, static_batch=traced_batch(program)
     )
-
-
-def _static_batch(program: Any) -> int | None:
-    """The traced batch size of the first user input when it is a plain integer, else None."""
-    user_inputs = set(program.graph_signature.user_inputs)
-    for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name in user_inputs:
-            value = node.meta.get("val")
-            shape = getattr(value, "shape", None)
-            if shape is not None and len(shape) > 0 and type(shape[0]) is int:
-                return shape[0]
-            return None
-    return None
 
 
 def parse_model_kwargs(text: str) -> dict[str, Any]:

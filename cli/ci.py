@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import operator
 import re
@@ -12,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from embscope.cli.errors import UsageError, one_line
+from embscope.cli.errors import UsageError
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -138,76 +137,11 @@ def compare_reports(
 
 
 def load_report(path: str | Path, option: str) -> Any:
-    """Read an embscope report.json as a ``Report``; `UsageError` naming ``option`` otherwise."""
-    from embscope.cli.checkpoint import path_problem
-    from embscope.diagnostics import Report
+    """Read an embscope report.json (or the one in a report folder) as a ``Report``;
+    `UsageError` naming ``option`` otherwise."""
+    from embscope.diagnostics import InputError, Report
 
-    path = Path(path)
-    if path.is_dir() and (path / "report.json").is_file():
-        path = path / "report.json"
-    fix = "give the report.json of an earlier run"
-    problem = path_problem(path)
-    if problem is not None:
-        raise UsageError(option, f"{path} {problem}", fix)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as error:
-        raise UsageError(option, f"{path} does not exist", fix) from error
-    except PermissionError as error:
-        raise UsageError(option, f"{path} is not readable", "check its permissions") from error
-    except IsADirectoryError as error:
-        raise UsageError(option, f"{path} is a folder without a report.json", fix) from error
-    except UnicodeDecodeError as error:
-        raise UsageError(option, f"{path} is not text (not UTF-8)", fix) from error
-    except OSError as error:
-        raise UsageError(option, f"{path} cannot be read ({error})", fix) from error
-    fix = "give a report.json written by diagnose"
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UsageError(
-            option, f"{path} is not JSON ({error.msg}, line {error.lineno})", fix
-        ) from error
-    except RecursionError as error:
-        raise UsageError(option, f"{path} is not a report (JSON nested too deeply)", fix) from error
-    problem = _report_shape(data)
-    if problem is not None:
-        raise UsageError(option, f"{path} is not an embscope report ({problem})", fix)
-    try:
-        return Report.from_dict(data)
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise UsageError(
-            option, f"{path} is not an embscope report ({one_line(str(error), 200)})", fix
-        ) from error
-
-
-_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    return _JSON_TYPES.get(type(value), "a number")
-
-
-def _report_shape(data: Any) -> str | None:
-    """What is wrong with the structure of a parsed report.json; None when it has the shape
-    ``Report.from_dict`` reads (the schema itself is checked there)."""
-    if not isinstance(data, dict):
-        return f"it holds {_json_type(data)}, not an object"
-    if "metrics" not in data:
-        return "it has no 'metrics'"
-    metrics = data["metrics"]
-    if not isinstance(metrics, dict):
-        return f"its 'metrics' is {_json_type(metrics)}, not an object of name -> number"
-    for name, value in metrics.items():
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number and value not in ("nan", "inf", "-inf"):
-            return f"metric {name!r} is {_json_type(value)}, not a number"
-    for key in ("reasons", "sampled", "sections", "meta"):
-        if key in data and not isinstance(data[key], dict):
-            return f"its {key!r} is {_json_type(data[key])}, not an object"
-    recs = data.get("recommendations", [])
-    if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
-        return "its 'recommendations' is not a list of objects"
-    return None
+        return Report.load(path)
+    except InputError as error:
+        raise UsageError(option, f"{error.subject} {error.what}", error.fix()) from error

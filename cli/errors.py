@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -37,3 +38,29 @@ class UsageError(Exception):
         if self.fix:
             text += f" ({self.fix})"
         return one_line(text, limit=1000)
+
+
+# How the parameters named in the library's fixes read on the command line.
+FLAGS = {
+    "embedding_layer": "--embedding-layer NAME",
+    "batch_size": "--batch-size",
+    "device_cpu": "--device cpu",
+    "folder": "--out",
+    "force": "--force",
+}
+
+
+# The flag of each library parameter that an error can be about.
+OPTIONS = {
+    "embedding_layer": "--embedding-layer",
+    "batch_size": "--batch-size",
+    "device": "--device",
+    "folder": "--out",
+    "force": "--force",
+}
+
+
+def from_library(error: Any, subject: object, fix: str | None = None) -> UsageError:
+    """The `UsageError` of a library error (`embscope.diagnostics.errors`) about ``subject``,
+    its fix in flags (or ``fix``)."""
+    return UsageError(subject, error.what, error.fix(FLAGS) if fix is None else fix)

@@ -25,7 +25,6 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -382,19 +381,22 @@ def _run_demo(args: argparse.Namespace, out: Path) -> int:
     return 0 if code is None else int(code)
 
 
-def _diagnoser(args: argparse.Namespace, **extra: Any) -> Any:
+def _diagnoser_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Diagnoser's options from the flags, checked by building one (`UsageError` naming
+    the flag of an option it refuses)."""
     from embscope.diagnostics import Diagnoser
 
-    options: dict[str, Any] = {"space": args.space, "seed": args.seed, **extra}
+    options: dict[str, Any] = {"space": args.space, "seed": args.seed}
     if args.reservoir_size is not None:
         options["reservoir_size"] = args.reservoir_size
     try:
-        return Diagnoser(**options)
+        Diagnoser(**options)
     except (ValueError, TypeError, OverflowError) as error:  # an option the Diagnoser refuses
         message = str(error)
         flags = {"reservoir_size": "--reservoir-size", "seed": "--seed", "space": "--space"}
         flag = next((f for name, f in flags.items() if name in message), "diagnose")
         raise UsageError(flag, one_line(message, 300), "see diagnose --help") from error
+    return options
 
 
 def _update(diagnoser: Any, subject: object, *values: Any, **named: Any) -> None:
@@ -416,6 +418,7 @@ def _progress(total: int, unit: str) -> Any:
 def _diagnose_embeddings(args: argparse.Namespace) -> tuple[Any, list[str]]:
     from embscope.cli.data import EmbeddingFile
     from embscope.cli.distributed import shard_chunks
+    from embscope.diagnostics import Diagnoser
 
     path = Path(args.inputs[0])
     model_only = {
@@ -437,7 +440,7 @@ def _diagnose_embeddings(args: argparse.Namespace) -> tuple[Any, list[str]]:
             )
     device = _embeddings_device(args.device)
     source = EmbeddingFile(path)
-    diagnoser = _diagnoser(args)
+    diagnoser = Diagnoser(**_diagnoser_options(args))
     rows = source.chunk_rows(args.batch_size)
     with _progress(len(source), "row") as bar:
         for chunk in shard_chunks(source.chunks(rows), -(-len(source) // rows)):
@@ -495,7 +498,8 @@ def _diagnose_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
     from embscope.cli.checkpoint import load_model
     from embscope.cli.data import ImageOptions, open_inputs
     from embscope.cli.distributed import active, shard_inputs
-    from embscope.cli.model_run import ModelRunner, resolve_device
+    from embscope.cli.model_run import model_error, resolve_device
+    from embscope.diagnostics import InputError, diagnose_model
 
     checkpoint, data_path = (Path(p) for p in args.inputs)
     ctx = active()
@@ -515,46 +519,34 @@ def _diagnose_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
         model_kwargs=args.model_kwargs,
         trust=args.trust_checkpoint,
     )
-    runner = ModelRunner(
-        loaded, device=device, embedding_layer=args.embedding_layer, hint=data.hint
-    )
-    batches: Iterator[Any] = iter(data.batches(args.batch_size or DEFAULT_BATCH_SIZE))
-    first = next(batches, None)
-    if first is None:
-        raise UsageError(data_path, "holds no samples", "pass labelled data")
-    leak = runner.probe_margin_leak(first)
-    probed = leak is not None
-    if not probed:  # labels never reach the model: its logits cannot carry a label's margin
-        leak = False
-    diagnoser = _diagnoser(args, head=runner.head, margin_leak=leak)
+    options = _diagnoser_options(args)
     _warm_plotting()
     with _progress(len(data), "sample") as bar:
-        for batch in chain([first], batches):
-            outputs = runner(batch)
-            _update(
-                diagnoser,
-                data_path,
-                outputs.embeddings,
-                batch.labels,
-                logits=outputs.logits,
-                ids=batch.ids,
+
+        def batches() -> Iterator[tuple[Any, Any, Any]]:
+            for batch in data.batches(args.batch_size or DEFAULT_BATCH_SIZE):
+                yield batch.inputs, batch.labels, batch.ids
+                bar.update(len(batch.labels))
+
+        try:
+            report = diagnose_model(
+                loaded.module,
+                batches(),
+                device=device,
+                embedding_layer=args.embedding_layer,
+                **options,
             )
-            bar.update(len(batch.labels))
-    report = _compute(
-        diagnoser,
-        f"{checkpoint}: the model's outputs on {data_path}",
-        "check the checkpoint's weights and that the data is scaled as in training",
-    )
+        except InputError as error:
+            raise model_error(error, checkpoint, data_path, data.hint) from error
+    source = report.meta["source"]
     meta = {
         "checkpoint": str(checkpoint),
         "checkpoint_kind": loaded.kind,
         "data": str(data_path),
-        "embedding": runner.embedding_source,
-        "margin_leak_probed": probed,
-        "device": str(device),
+        **source,
     }
-    notes = [f"\nembedding: {runner.embedding_source}"]
-    if not probed:
+    notes = [f"\nembedding: {source['embedding']}"]
+    if not source["margin_leak_probed"]:
         notes.append("margin leak: none possible (forward takes no labels)")
     return replace(report, meta={**report.meta, "source": meta}), notes
 

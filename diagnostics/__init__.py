@@ -17,6 +17,7 @@ from .advice import (
 )
 from .calibration import CalibrationResult, calibration_metrics
 from .diagnoser import Diagnoser, diagnose
+from .errors import InputError
 from .heads import find_margin_head, head_params, is_margin_head, probe_margin_leak
 from .metrics import (
     Geometry,
@@ -36,6 +37,7 @@ from .metrics import (
     prediction_margins,
     score_separation,
 )
+from .model import diagnose_model, embed
 from .report import Recommendation, Report, direction
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "Diagnoser",
     "Geometry",
     "HardExamples",
+    "InputError",
     "Recommendation",
     "Regression",
     "Report",
@@ -55,7 +58,9 @@ __all__ = [
     "classification_scores",
     "compare",
     "diagnose",
+    "diagnose_model",
     "direction",
+    "embed",
     "find_margin_head",
     "fisher_ratio",
     "fisher_score",

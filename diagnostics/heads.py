@@ -3,13 +3,14 @@ at evaluation, per-sample angles, and the health of the class weights."""
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .forward import labels_parameter, logits_or_embedding
 
 NAN = float("nan")
 
@@ -84,48 +85,24 @@ def head_params(head: nn.Module) -> HeadParams:
     )
 
 
-def _accepts_labels(model: nn.Module) -> bool:
-    try:
-        params = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
-        return False
-    positional = [
-        p
-        for p in params
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
-    ]
-    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
-
-
-def _logits_of(output) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict):
-        for key in ("logits", "logit", "output"):
-            if key in output:
-                return output[key]
-        raise ValueError(f"model output dict has no 'logits' key (keys: {sorted(output)})")
-    if isinstance(output, (tuple, list)):
-        return output[-1]
-    raise TypeError(f"model output must be a tensor, tuple or dict, got {type(output).__name__}")
-
-
 @torch.no_grad()
 def probe_margin_leak(model: nn.Module, inputs, labels) -> bool:
     """Whether the model's eval-mode output changes when labels are passed.
 
-    Runs ``model(inputs)`` and ``model(inputs, labels)`` in eval mode and compares the logits
-    (the last element of a tuple, or ``logits`` of a dict). True means the margin leaks into
-    evaluation: reported logits are then not what inference computes. Returns
-    False when ``forward`` takes no second argument. The modules' training flags are restored.
+    Runs ``model(inputs)`` and ``model(inputs, labels=labels)`` in eval mode (the labels go by
+    the name of ``forward``'s labels parameter, see `embscope.diagnostics.forward`) and compares
+    the logits (or the embedding of a model without logits). True means the margin leaks into
+    evaluation: reported logits are then not what inference computes. Returns False when
+    ``forward`` takes no labels. The modules' training flags are restored.
     """
-    if not _accepts_labels(model):
+    parameter = labels_parameter(model)
+    if parameter is None:
         return False
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        plain = _logits_of(model(inputs))
-        with_labels = _logits_of(model(inputs, labels))
+        plain = logits_or_embedding(model(inputs))
+        with_labels = logits_or_embedding(model(inputs, **{parameter: labels}))
     finally:
         for m, mode in modes.items():
             m.training = mode

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from .registry import direction  # re-exported: report.direction
 
 SCHEMA = "embscope.report/1"
+NAN = float("nan")
 
 
 def _clean(value):
@@ -162,3 +165,77 @@ class Report:
 
     def _repr_html_(self) -> str:
         return self.to_html()
+
+    def __repr__(self) -> str:
+        """A short summary: samples and classes, headline metrics, recommendations."""
+        return _summary(self)
+
+    # -- files ---------------------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike[str], force: bool = False) -> list[Path]:
+        """Write report.json, report.md, report.html and plots/*.png into ``folder`` (as the
+        ``diagnose`` command does) and return their paths.
+
+        Atomic: the report is written into a new folder next to ``folder`` and swapped in
+        whole, keeping the user's own files of an earlier folder. An earlier report
+        is replaced only with ``force=True``; a refusal is an `InputError` (a ValueError), a
+        failed write the `OSError`, and ``folder`` is then as it was (see
+        `embscope.diagnostics.output`).
+        """
+        from .output import save_report
+
+        return save_report(self, folder, force=force)
+
+    @classmethod
+    def load(cls, source: str | os.PathLike[str]) -> Report:
+        """The report in a report.json file, or in a report folder written by :meth:`save`.
+
+        Raises `InputError` (a ValueError) naming the path and what is wrong with it.
+        """
+        from .output import load_report
+
+        return load_report(source)
+
+
+SUMMARY_REASON_CHARS = 100  # a recommendation's reason in the summary is cut to this length
+SUMMARY_RECOMMENDATIONS = 6
+
+
+def _summary(report: Report) -> str:
+    from .render import KEY_METRICS
+
+    m = report.metrics
+
+    def number(value: float) -> str:
+        if math.isfinite(value) and value == int(value) and abs(value) < 1e12:
+            return str(int(value))
+        return f"{value:.4g}"
+
+    head = f"<embscope Report: n = {number(m.get('n', NAN))}"
+    if "num_classes" in m:
+        head += f", {number(m['num_classes'])} classes"
+    if report.meta.get("space"):
+        head += f", {report.meta['space']} space"
+    lines = [head + ">"]
+    named = [k for k in KEY_METRICS if k in m and k not in ("n", "num_classes")]
+    shown = [k for k in named if not math.isnan(m[k])]
+    width = max((len(k) for k in shown), default=0)
+    for name in shown:
+        better = direction(name)
+        lines.append(
+            f"  {name:<{width}}  {number(m[name]):>8}"
+            + (f"  ({better} is better)" if better else "")
+        )
+    undefined = [k for k in named if math.isnan(m[k])]
+    if undefined:
+        lines.append(f"  undefined here (see report.reasons): {', '.join(undefined)}")
+    recs = report.recommendations
+    lines.append("recommendations:" if recs else "recommendations: none")
+    for rec in recs[:SUMMARY_RECOMMENDATIONS]:
+        value = "" if rec.value is None else f" -> {number(float(rec.value))}"
+        reason = " ".join(str(rec.reason).split())
+        if len(reason) > SUMMARY_REASON_CHARS:
+            reason = reason[: SUMMARY_REASON_CHARS - 3] + "..."
+        lines.append(f"  [{rec.severity}] {rec.action}{value}: {reason}")
+    if len(recs) > SUMMARY_RECOMMENDATIONS:
+        lines.append(f"  ... and {len(recs) - SUMMARY_RECOMMENDATIONS} more")
+    return "\n".join(lines)
