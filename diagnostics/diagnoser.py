@@ -317,7 +317,7 @@ class Diagnoser:
         if self.ovr is not None:
             p = torch.exp(z.float() - h["lse"].float()[:, None])
             self._add("ovr", {key: v.cpu() for key, v in _ovr_state(p, y, k).items()})
-        self._add("calibration", _calibration_update(z, y, lse=h.get("lse")))
+        self._add("calibration", _calibration_update(z, y, hardness=h))
 
     def _add(self, prefix: str, batch_state: dict) -> None:
         """Fold one batch's ``prefix.*`` fields into the state by their declared reductions."""

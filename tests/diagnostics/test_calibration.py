@@ -271,7 +271,9 @@ def test_batches_and_merges_in_any_order_give_the_same_values(columns, cuts, ord
     x = torch.randn(90, 3, generator=torch.Generator().manual_seed(seed))
     whole = diagnose(x, y, z).metrics
     functional = calibration_metrics(z, y).to_dict()
-    _close({k: whole[k] for k in KEYS}, {**functional, "fitted_scale": math.nan})
+    # wide logits: the Diagnoser's top probability is its own float32 exp(top - log-sum-exp)
+    rel = 1e-6 if columns > 16 else 1e-9
+    _close({k: whole[k] for k in KEYS}, {**functional, "fitted_scale": math.nan}, rel=rel)
     bounds = [0, *sorted(cuts), 90]
     pieces = [slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
     parts = []
@@ -351,10 +353,11 @@ def test_wide_logits_are_fitted_on_the_reservoir_and_flagged_as_sampled():
     order = torch.argsort(res.keys)
     fit = _fit_temperature(logits=res.extra[order], labels=res.labels[order])
     assert rep.metrics["fitted_temperature"] == pytest.approx(fit.temperature, rel=1e-12)
-    # ECE, Brier and NLL stay exact: streamed sums over every sample
+    # ECE, Brier and NLL stay exact: streamed sums over every sample (wide logits are evaluated
+    # in float32; the Diagnoser reuses its own float32 log-sum-exp)
     full = calibration_metrics(z, y)
     for key in ("ece", "mce", "brier", "nll"):
-        assert rep.metrics[key] == pytest.approx(full.to_dict()[key], rel=1e-9)
+        assert rep.metrics[key] == pytest.approx(full.to_dict()[key], rel=1e-6)
         assert key not in rep.sampled
     narrow = diagnose(x, y % 3, z[:, :3], reservoir_size=0)
     assert math.isnan(narrow.metrics["fitted_temperature"])
