@@ -41,7 +41,6 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from embscope.cli.output import write_report
 from embscope.diagnostics import Diagnoser
 from embscope.losses import ArcFaceHead
 
@@ -137,7 +136,7 @@ def run(rank: int, world: int, args: argparse.Namespace, device: torch.device) -
             print(f"  [{rec.severity}] {rec.action}: {rec.reason}")
         if args.out:
             out = Path(args.out)
-            write_report(report, out, force=True)  # this script's own folder
+            report.save(out, force=True)  # this script's own folder
             print(f"report: {out / 'report.html'}")
 
 

@@ -4,7 +4,7 @@ The notes: a binary eye-state classifier trained with BCE got an ArcFace head to
 zone; validation then collapsed (``col0 mean=-4.060, col1 mean=0.443, probs mean=0.982``, F1
 near 0) because the margin was applied at evaluation, and s was judged too large. Here the
 same four models are trained on odd-vs-even digits (positives thinned to a third, pixel noise,
-``embscope.cli.demo.digits_binary``) and diagnosed on the validation set:
+``embscope.demo.digits_binary``) and diagnosed on the validation set:
 
 1. ``bce``: one logit with BCE (the baseline);
 2. ``arcface_s8``: ArcFace m = 0.2, s = 8 (the notes' fix);
@@ -26,9 +26,8 @@ from pathlib import Path
 
 import torch
 
-from embscope.cli.demo import DigitsNet, LeakyMarginNet, diagnose_model, digits_binary, train
-from embscope.cli.output import write_report
-from embscope.diagnostics import compare, recommend
+from embscope.demo import DigitsNet, LeakyMarginNet, digits_binary, train
+from embscope.diagnostics import compare, diagnose_model, recommend
 from embscope.losses import ArcFaceHead, BCEHead
 
 
@@ -55,7 +54,7 @@ def main() -> None:
         train(model, split, epochs=epochs, seed=0)
         # the notes' validation loop passed the labels to forward
         reports[name] = diagnose_model(
-            model, split.x_val, split.y_val, ids=split.ids_val, eval_with_labels=True
+            model, (split.x_val, split.y_val), ids=split.ids_val, eval_with_labels=True
         )
 
     bce = reports["bce"]
@@ -69,7 +68,7 @@ def main() -> None:
             (args.out / f"comparison_{name}.md").write_text(
                 f"# bce (A) vs {name} (B)\n\n" + comparison.to_markdown()
             )
-        write_report(report, args.out / name, force=True)  # this script's own folder
+        report.save(args.out / name, force=True)  # this script's own folder
         m = report.metrics
         print(
             f"\n{name}: f1 {m['f1']:.3f}, score KS {m['score_ks']:.3f}, "

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 
-from embscope.cli.demo import DigitsNet, diagnose_model, digits_binary, train
-from embscope.cli.output import write_report
-from embscope.diagnostics import compare
+from embscope.demo import DigitsNet, digits_binary, train
+from embscope.diagnostics import compare, diagnose_model
 from embscope.losses import BCEHead, FocalLoss
 
 
@@ -60,9 +59,9 @@ def main() -> None:
             train(model, split, epochs=epochs, seed=0)  # BCE with logits
         else:
             train(model, split, epochs=epochs, seed=0, loss=loss)
-        report = diagnose_model(model, split.x_val, split.y_val, ids=split.ids_val)
+        report = diagnose_model(model, (split.x_val, split.y_val), ids=split.ids_val)
         reports[name] = report
-        write_report(report, args.out / name, force=True)  # this script's own folder
+        report.save(args.out / name, force=True)  # this script's own folder
         if name != "bce":
             (args.out / f"comparison_{name}.md").write_text(
                 f"# bce (A) vs {name} (B)\n\n" + compare(reports["bce"], report).to_markdown()

@@ -28,8 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from embscope.cli.demo import digits_multiclass, train
-from embscope.cli.output import write_report
+from embscope.demo import digits_multiclass, train
 from embscope.diagnostics import diagnose
 from embscope.losses import FUSION_PRESETS, FusionLoss
 
@@ -96,7 +95,7 @@ def main() -> None:
         with torch.no_grad():
             fused, logits, (_, _, attention) = model(split.x_val)
         report = diagnose(fused, split.y_val, logits, ids=split.ids_val)
-        write_report(report, args.out / preset, force=True)  # this script's own folder
+        report.save(args.out / preset, force=True)  # this script's own folder
         m = report.metrics
         terms = ", ".join(f"{k} {v:.3f}" for k, v in terms_seen.items() if v)
         lines.append(

@@ -28,7 +28,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from embscope.cli.demo import DigitsNet, diagnose_model, digits_multiclass, train  # noqa: E402
+from embscope.demo import DigitsNet, digits_multiclass, train  # noqa: E402
+from embscope.diagnostics import diagnose_model  # noqa: E402
 from embscope.losses import ArcFaceHead, CosFaceHead  # noqa: E402
 
 HEADS = {"arcface": ArcFaceHead, "cosface": CosFaceHead}
@@ -67,7 +68,7 @@ def main() -> None:
                 torch.manual_seed(0)
                 model = DigitsNet(HEADS[head_name](16, 10, m=m, s=s))
                 train(model, split, epochs=epochs, seed=0)
-                report = diagnose_model(model, split.x_val, split.y_val)
+                report = diagnose_model(model, (split.x_val, split.y_val))
                 new_m, new_s = suggested(report, m, s)
                 actions = [
                     r.action + ("" if r.value is None else f" {r.value:g}")

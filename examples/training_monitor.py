@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from embscope.cli.demo import DigitsNet, digits_multiclass, train  # noqa: E402
+from embscope.demo import DigitsNet, digits_multiclass, train  # noqa: E402
 from embscope.diagnostics import Diagnoser, compare, find_margin_head  # noqa: E402
 from embscope.losses import ArcFaceHead  # noqa: E402
 

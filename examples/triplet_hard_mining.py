@@ -34,9 +34,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from embscope.cli.demo import DigitsNet, digits_multiclass, embed, train
-from embscope.cli.output import write_report
-from embscope.diagnostics import compare, diagnose
+from embscope.demo import DigitsNet, digits_multiclass, train
+from embscope.diagnostics import compare, diagnose, embed
 from embscope.losses import TripletLoss
 
 
@@ -91,10 +90,11 @@ def main() -> None:
         model = DigitsNet(nn.Identity())  # an embedding model: no classifier
         for stage, (stage_epochs, loss) in enumerate(schedule):
             train(model, split, epochs=stage_epochs, seed=stage, loss=loss, batch_size=128)
-        embedding, _ = embed(model, split.x_val)
+        # DigitsNet's identity head returns the embedding twice: keep the embedding only
+        embedding = torch.cat([e for e, _, _ in embed(model, (split.x_val, split.y_val))])
         report = diagnose(embedding, split.y_val, ids=split.ids_val)
         reports[name] = report
-        write_report(report, args.out / name, force=True)  # this script's own folder
+        report.save(args.out / name, force=True)  # this script's own folder
         m = report.metrics
         print(
             f"{name}: recall@1 {m['recall_at_1']:.3f}, MAP@R {m['map_at_r']:.3f}, "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from embscope.cli.demo import DigitsNet
+from embscope.demo import DigitsNet
 from embscope.losses import ArcFaceHead
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +18,10 @@ sys.path.insert(0, str(HERE))
 
 from train_model import train_and_save  # noqa: E402
 
-from embscope.cli.main import main as diagnose  # noqa: E402
+
+def diagnose(args: list[str]) -> int:
+    """Run the ``diagnose`` command (as the CI workflow does) and return its exit status."""
+    return subprocess.run([sys.executable, "-m", "embscope.cli.main", *args]).returncode
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # digits_model.py besi
 
 from digits_model import build  # noqa: E402
 
-from embscope.cli.demo import digits_multiclass, train  # noqa: E402
+from embscope.demo import digits_multiclass, train  # noqa: E402
 
 CONFIG = {"hidden": 64, "embedding_dim": 16, "m": 0.3, "s": 16.0}
 EPOCHS = 15
