@@ -14,7 +14,7 @@ import torch
 from . import metrics as M
 from .advice import recommend
 from .calibration import NO_SCALE, TemperatureFit, _calibration_compute, _fit_temperature
-from .heads import head_health
+from .heads import head_health, head_provenance, provenance_reasons, stated_facts
 from .pca import pca_view
 from .registry import subset_of
 from .report import Report
@@ -63,6 +63,8 @@ def assemble(d) -> Report:
         _calibration(d, metrics, reasons, sampled, sections)
     if d.head is not None:
         _head(d, metrics, reasons, sections)
+    elif stated_facts(d.head_info):
+        _stated_head(d, metrics, reasons, sections)
     _vectors(d, metrics, reasons, sampled, sections)
     sections["classes"] = _class_table(d, order)
     if d.num_columns is None and "hardest" not in sections:
@@ -214,11 +216,15 @@ def _calibration(d, metrics, reasons, sampled, sections) -> None:
 
 def _logit_scale(d) -> tuple[float | None, str]:
     """The head's s when the logits can be its scaled cosines s cos(theta) (one column per
-    head class, every |z| <= s up to 0.1%), else None and why not."""
+    head class, every |z| <= s up to 0.1%), else None and why not. An s stated without the
+    head's weights (``head_info``) is checked against the logits alone."""
     if d.head is None:
-        return None, NO_SCALE
-    s = d.head.s
-    if d.num_columns != d.head.num_classes:
+        s = stated_facts(d.head_info).get("s")
+        if s is None:
+            return None, NO_SCALE
+    else:
+        s = d.head.s
+    if d.head is not None and d.num_columns != d.head.num_classes:
         return None, (
             f"the logits ({d._describe(d.num_columns)}) do not have one column per "
             f"class of the head ({d.head.num_classes}): they are not its s * cos(theta)"
@@ -264,7 +270,33 @@ def _head(d, metrics, reasons, sections) -> None:
     )
     metrics.update(h)
     reasons.update(r)
+    reasons.update(provenance_reasons(head_provenance(hp, d.head_info), hp.s, hp.m))
     sections["head"] = {"kind": hp.kind, "m": hp.m, "s": hp.s, "num_classes": hp.num_classes}
+
+
+def _stated_head(d, metrics, reasons, sections) -> None:
+    """A head known by its stated s, m and kind only (``head_info``; no weights): its settings
+    as metrics, for the advice and the comparison; angles and the head's health need weights.
+    Its classes are the logit columns (two for one binary logit), else the classes present."""
+    facts = stated_facts(d.head_info)
+    if d.num_columns is not None:
+        classes = 2 if d.num_columns == 1 else d.num_columns
+    else:
+        classes = int((d.counts > 0).sum())
+    for key in ("s", "m"):
+        metrics[f"head.{key}"] = facts.get(key, NAN)
+        if key not in facts:
+            reasons[f"head.{key}"] = f"not stated (head_info[{key!r}], --head-{key})"
+        else:
+            reasons[f"head.{key}"] = "stated; the head's weights are not known"
+    metrics["head.num_classes"] = float(classes)
+    sections["head"] = {
+        "kind": facts.get("kind", "unknown"),
+        "m": facts.get("m"),
+        "s": facts.get("s"),
+        "num_classes": classes,
+        "weights": False,
+    }
 
 
 def _vectors(d, metrics, reasons, sampled, sections) -> None:

@@ -14,7 +14,7 @@ from .assembly import assemble
 from .calibration import (
     _calibration_update,
 )
-from .heads import HeadParams, _angles_update, head_params
+from .heads import HeadParams, _angles_update, check_head_info, head_meta, head_params, stated_head
 from .reservoir import Reservoir
 from .scores import _ovr_state
 from .state import HIST_BINS_FINE, MAX_COLUMN_KEYS
@@ -75,7 +75,11 @@ class Diagnoser:
     seed : seed of the reservoir's sampling and of pair sampling.
     bins : bins of the score histograms used for Hellinger distances (edges in the report).
     margin_leak : result of :func:`probe_margin_leak` when the model was probed, else None.
-    head_info : extra facts about the head, e.g. ``{"missing_from_checkpoint": True}``.
+    head_info : facts about the head, e.g. ``{"missing_from_checkpoint": True}``. ``s``, ``m``
+        and ``kind`` (``"angular"``/``"cosine"``) state the head's settings: with ``head`` they
+        replace the values read off it; without (no weights, e.g. precomputed embeddings) they
+        are used where no weights are needed (``head.s``/``head.m``, ``fitted_scale``, the
+        advice). ``provenance`` says where each came from (see `heads.PROVENANCES`).
     thresholds : overrides of the recommendation thresholds (see ``recommend``).
     hard_k : how many hardest samples the report lists.
     pair_rows : pair metrics (pair_ks, pair_hellinger, eer, tar_at_far_*) use every pair among
@@ -114,11 +118,13 @@ class Diagnoser:
             raise ValueError(f"hard_k must be a non-negative integer, got {hard_k!r}")
         if margin_leak is not None and not isinstance(margin_leak, (bool, np.bool_)):
             raise ValueError(f"margin_leak must be True, False or None, got {margin_leak!r}")
-        self.head: HeadParams | None = head_params(head) if head is not None else None
+        self.head_info = check_head_info(head_info)
+        self.head: HeadParams | None = stated_head(
+            head_params(head) if head is not None else None, self.head_info
+        )
         self.bins = int(bins)
         self.seed = int(seed)
         self.margin_leak = margin_leak
-        self.head_info = dict(head_info or {})
         self.thresholds = dict(thresholds or {})
         self.hard_k = int(hard_k)
         for name, value in (("pair_rows", pair_rows), ("retrieval_rows", retrieval_rows)):
@@ -435,8 +441,7 @@ class Diagnoser:
             "bins": self.bins,
             "dim": self.dim,
             "logit_columns": self.num_columns,
-            "head_kind": None if self.head is None else self.head.kind,
-            "head_kind_source": None if self.head is None else self.head.kind_source,
+            **head_meta(self.head, self.head_info),
             "head_info": self.head_info,
         }
 

@@ -85,6 +85,141 @@ def head_params(head: nn.Module) -> HeadParams:
     )
 
 
+# --------------------------------------------------------------------------------------------
+# Facts about a head stated by the caller, and where each of s, m and the kind came from
+# --------------------------------------------------------------------------------------------
+
+#: The margin kinds by the names users know them by (``--head-kind``).
+KIND_NAMES = {"arcface": "angular", "cosface": "cosine"}
+
+#: Where a head's s, m or kind can come from (``report.meta["head_provenance"]``).
+PROVENANCES = (
+    "user",  # stated: --head-s/--head-m/--head-kind, --model-kwargs, or head_info
+    "checkpoint config",  # an entry of the checkpoint's config dict, passed to the factory
+    "checkpoint state",  # a tensor of the head in the checkpoint's state dict
+    "pickled module",  # an attribute of a pickled module, as saved
+    "factory default",  # a plain attribute the model's factory set by itself
+    "head attribute",  # read off the head module given to the library (origin unknown)
+    "declared",  # kind: the head's ``margin_type``
+    "class name",  # kind: guessed from the head's class name
+)
+
+
+def check_head_info(head_info: dict | None) -> dict:
+    """``head_info`` checked once: ``s`` a finite number > 0, ``m`` a finite number >= 0
+    (radians for angular margins), ``kind`` ``"angular"`` or ``"cosine"``, ``provenance`` a
+    dict from ``"s"``/``"m"``/``"kind"`` to one of `PROVENANCES`. Other keys pass through.
+
+    Raises ValueError/TypeError naming the entry and what was expected.
+    """
+    if head_info is None:
+        return {}
+    if not isinstance(head_info, dict):
+        raise TypeError(f"head_info must be a dict, got {type(head_info).__name__}")
+    info = dict(head_info)
+    for key, low in (("s", 0.0), ("m", 0.0)):
+        if key not in info:
+            continue
+        value = info[key]
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or value < low or (key == "s" and value == 0):
+            what = "a finite number > 0" if key == "s" else "a finite number >= 0 (radians)"
+            raise ValueError(f"head_info[{key!r}] must be {what}, got {info[key]!r}")
+        info[key] = float(value)
+    if "kind" in info and info["kind"] not in ("angular", "cosine"):
+        raise ValueError(
+            f"head_info['kind'] must be 'angular' (ArcFace-like) or 'cosine' (CosFace-like), "
+            f"got {info['kind']!r}"
+        )
+    provenance = info.get("provenance", {})
+    if not isinstance(provenance, dict) or not all(
+        k in ("s", "m", "kind") and v in PROVENANCES for k, v in provenance.items()
+    ):
+        raise ValueError(
+            "head_info['provenance'] must map 's', 'm' and 'kind' to one of "
+            f"{list(PROVENANCES)}, got {provenance!r}"
+        )
+    return info
+
+
+def stated_head(params: HeadParams | None, head_info: dict) -> HeadParams | None:
+    """``params`` with the s, m and kind stated in ``head_info`` in place of those read off the
+    module (the kind's source becomes ``"user"``); None without a head module."""
+    if params is None:
+        return None
+    kind = head_info.get("kind", params.kind)
+    return HeadParams(
+        head_info.get("m", params.m),
+        head_info.get("s", params.s),
+        params.weight,
+        kind,
+        "user" if "kind" in head_info else params.kind_source,
+    )
+
+
+def stated_facts(head_info: dict) -> dict:
+    """The s, m and kind stated in ``head_info`` (those of them it holds)."""
+    return {k: head_info[k] for k in ("s", "m", "kind") if k in head_info}
+
+
+def head_provenance(params: HeadParams | None, head_info: dict) -> dict | None:
+    """Where the head's s, m and kind came from: ``{"s": ..., "m": ..., "kind": ...}`` (one of
+    `PROVENANCES`, None for what is not known at all); None without a head or stated facts.
+
+    ``head_info["provenance"]`` wins (the CLI knows the checkpoint); a stated value is
+    ``"user"``; a value read off a head module is ``"head attribute"``, its kind
+    ``params.kind_source``.
+    """
+    facts = stated_facts(head_info)
+    if params is None and not facts:
+        return None
+    given = head_info.get("provenance", {})
+    out = {}
+    for key in ("s", "m", "kind"):
+        if key in given:
+            out[key] = given[key]
+        elif key in facts:
+            out[key] = "user"
+        elif params is not None:
+            out[key] = params.kind_source if key == "kind" else "head attribute"
+        else:
+            out[key] = None
+    return out
+
+
+def head_meta(params: HeadParams | None, head_info: dict) -> dict:
+    """The report's ``meta`` entries about the head: ``head_kind`` (``"unknown"`` for stated
+    s/m without a kind), ``head_kind_source`` and ``head_provenance``."""
+    provenance = head_provenance(params, head_info)
+    if params is not None:
+        kind = params.kind
+    elif provenance is not None:
+        kind = head_info.get("kind", "unknown")
+    else:
+        kind = None
+    return {
+        "head_kind": kind,
+        "head_kind_source": None if provenance is None else provenance["kind"],
+        "head_provenance": provenance,
+    }
+
+
+def provenance_reasons(provenance: dict | None, s: float, m: float) -> dict[str, str]:
+    """Reasons for ``head.s``/``head.m`` that are the model factory's defaults: they may not be
+    the values the model was trained with."""
+    out = {}
+    for key, value in (("s", s), ("m", m)):
+        if provenance and provenance.get(key) == "factory default":
+            out[f"head.{key}"] = (
+                f"{key} = {value:g} is the model factory's default: the checkpoint holds no "
+                f"config entry or tensor for it; if the model was trained with another {key}, "
+                f"state it (--head-{key}, or head_info={{'{key}': ...}})"
+            )
+    return out
+
+
 @torch.no_grad()
 def probe_margin_leak(model: nn.Module, inputs, labels) -> bool:
     """Whether the model's eval-mode output changes when labels are passed.
