@@ -147,14 +147,30 @@ def recommend(
     two_class_margin = False
 
     if leak == 1.0:
+        evidence = {"head.margin_leak": {"value": 1.0, "threshold": 0.0, "op": ">"}}
+        # the damage, where diagnose_model scored both ways (diagnostics/leak.py)
+        score = "f1" if _finite(_get(report, "head.leak_f1_with_labels")) else "macro_f1"
+        keys = [
+            f"head.leak_{n}_{w}_labels" for n in (score, "accuracy") for w in ("with", "without")
+        ]
+        damage = ""
+        if _finite(*(_get(report, k) for k in keys)):
+            evidence.update({k: _ev(report, k) for k in keys})
+            v, name = [_get(report, k) for k in keys], "F1" if score == "f1" else "macro-F1"
+            damage = (
+                f" (your validation loop, if it passes labels, reports {name} {v[0]:.3f} and "
+                f"accuracy {v[2]:.3f}; the deployed model scores {name} {v[1]:.3f} and accuracy "
+                f"{v[3]:.3f}, as this report's label-free metrics do)"
+            )
         recs.append(
             Recommendation(
                 "fix_eval_margin",
                 "error",
-                "The model's eval-mode logits change when labels are passed: the margin is applied "
-                "at evaluation, so every reported metric is of a model nobody deploys; apply the "
-                "margin only when training and labels are given.",
-                evidence={"head.margin_leak": {"value": 1.0, "threshold": 0.0, "op": ">"}},
+                "The model's eval-mode logits change when labels are passed: the margin is "
+                "applied at evaluation, so a validation loop that passes labels reports a "
+                f"margin-penalised model, not the one you deploy{damage}; apply the margin only "
+                "when training and labels are given.",
+                evidence=evidence,
             )
         )
     if _get(report, "head.looks_untrained") == 1.0 and _untrained_evidence_holds(report, t):

@@ -36,6 +36,7 @@ from .diagnoser import Diagnoser
 from .errors import InputError
 from .forward import labels_parameter, split_output
 from .heads import find_margin_head, probe_margin_leak
+from .leak import LeakScores, any_rank, distributed_group, with_leak_scores
 from .report import Report
 
 DEFAULT_BATCH_SIZE = 64
@@ -65,7 +66,10 @@ def diagnose_model(
     Finds the margin head (unless ``head`` is given), probes once, on the first batch, whether
     the eval-mode logits change when labels are passed (`probe_margin_leak`; not probed, and
     reported as no leak, when ``forward`` takes no labels), runs every batch and returns
-    ``Diagnoser(head=..., margin_leak=..., **diagnoser_options)``'s report.
+    ``Diagnoser(head=..., margin_leak=..., **diagnoser_options)``'s report. When the margin
+    leaks, every batch runs both ways, and the report adds the accuracy, F1 and macro-F1 of
+    each (``head.leak_*_with_labels`` / ``_without_labels``, `embscope.diagnostics.leak`);
+    its own metrics stay those of ``forward(inputs)``, as deployed (unless ``eval_with_labels``).
     ``report.meta["source"]`` says where the embedding came from, whether the leak was probed
     and the device.
 
@@ -114,14 +118,25 @@ def diagnose_model(
         raise InputError("data", "holds no samples", "pass labelled data", argument="data")
     with runner.evaluating():
         leak = runner.probe(first.inputs, first.labels)
+        distributed, group = distributed_group(diagnoser_options)
+        if distributed:  # every rank runs the second forward, or none
+            leak = any_rank(leak, group)
         # labels that never reach the model cannot put a margin into its logits
         diagnoser = Diagnoser(head=runner.head, margin_leak=bool(leak), **diagnoser_options)
+        # with a leak, every batch also runs the other way, to score both (diagnostics.leak)
+        both = LeakScores(cosine=diagnoser.space == "cosine") if leak else None
         for batch in chain([first], batches):
             embedding, logits = runner(batch.inputs, batch.labels, with_labels=eval_with_labels)
+            if both is not None and logits is not None:
+                _, other = runner(batch.inputs, batch.labels, with_labels=not eval_with_labels)
+                ways = (logits, other) if eval_with_labels else (other, logits)
+                both.update(embedding, *ways, batch.labels)
             try:
                 diagnoser.update(embedding, batch.labels, logits=logits, ids=batch.ids)
             except (ValueError, TypeError) as error:
                 raise InputError("data", str(error), "check the data", argument="data") from error
+    if both is not None and distributed:
+        both.sync(group)
     try:
         report = diagnoser.compute()
     except ValueError as error:  # no usable row: every output was NaN/Inf (or all-zero)
@@ -131,6 +146,8 @@ def diagnose_model(
             "check the model's weights and that the data is scaled as in training",
             argument="outputs",
         ) from error
+    if both is not None and both.state is not None:
+        report = with_leak_scores(report, both.state, diagnoser.thresholds)
     source = {
         "embedding": runner.embedding_source,
         "margin_leak_probed": leak is not None,

@@ -410,6 +410,16 @@ METRICS: tuple[MetricInfo, ...] = (
         "1 when eval-mode logits change if labels are passed",
     ),
     _m(
+        r"head\.leak_(accuracy|f1|macro_f1)_(with|without)_labels",
+        "head",
+        None,
+        "[0, 1]",
+        "accuracy / F1 / macro-F1 of the eval-mode logits with labels passed to forward (what "
+        "a validation loop that passes them reports) and without (the deployed model), when "
+        "the margin leaks",
+        "scikit-learn accuracy_score / f1_score",
+    ),
+    _m(
         "head.centroid_alignment",
         "head",
         "higher",
