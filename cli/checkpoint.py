@@ -286,7 +286,7 @@ def _pickled(module: nn.Module, path: Path, model_spec: str | None) -> LoadedMod
 
 def load_exported(path: Path) -> LoadedModel:
     """Load a ``torch.export`` archive; `embscope.diagnostics.diagnose_model` runs it."""
-    from embscope.diagnostics.model import traced_batch
+    from embscope.diagnostics.runner import traced_batch
 
     try:
         program = torch.export.load(path)

@@ -1,5 +1,5 @@
 """The command line's side of running a model: ``--device``, and the library's model errors
-(`embscope.diagnostics.model`, which finds the embedding and runs the model) as one-line
+(`embscope.diagnostics.runner`, which finds the embedding and runs the model) as one-line
 `UsageError`s naming the checkpoint, the data or the flag at fault.
 """
 
@@ -75,7 +75,7 @@ def model_error(
 
 
 class ModelRunner:
-    """`embscope.diagnostics.model.ModelRunner` for a loaded checkpoint, one `Batch` at a time,
+    """`embscope.diagnostics.runner.ModelRunner` for a loaded checkpoint, one `Batch` at a time,
     its errors as `UsageError` (``diagnose`` itself calls ``diagnose_model``).
 
     Parameters
@@ -98,7 +98,7 @@ class ModelRunner:
         embedding_layer: str | None = None,
         hint: str = "",
     ) -> None:
-        from embscope.diagnostics.model import ModelRunner as Runner
+        from embscope.diagnostics.runner import ModelRunner as Runner
 
         self.path: Path = loaded.path
         self.hint = hint
