@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ._threads import one_thread
 from ._validation import check_batch, check_label_range
-from .metrics import one_thread
 
 NAN = float("nan")
 N_BINS = 15
@@ -67,8 +67,9 @@ def _calibration_update(
 
     logits [B] (one binary logit, P(positive) = sigmoid(z)) or [B, C]; labels [B] class indices
     in [0, 2) or [0, C); ``hardness`` optionally what :func:`metrics._hardness_update` returned
-    for these rows (wide logits reuse its log-sum-exp, prediction and top probability). Top-label confidence: max(p, 1 - p) for one logit, the largest softmax
-    probability otherwise; the prediction is z >= 0 for one logit, the argmax otherwise. Every
+    for these rows (wide logits reuse its log-sum-exp, prediction and top probability).
+    Top-label confidence: max(p, 1 - p) for one logit, the largest softmax probability
+    otherwise; the prediction is z >= 0 for one logit, the argmax otherwise. Every
     sum is float64; NLL and Brier come from the margin z_y - z_other for one logit or two
     columns, from exp(z - max z) in float64 up to 16 columns, and from the log-sum-exp in the
     logits' dtype beyond (never the log of an underflowed probability).
@@ -79,40 +80,49 @@ def _calibration_update(
     saturated samples round to 1.0 depends on that arithmetic, hence the imitation.
     """
     z, y = logits, labels
-    if z.ndim == 1:
-        return _binary_update(z, y, z >= 0, n_bins)
-    if z.shape[1] == 2:  # argmax: the tie goes to the first column
-        d = z[:, 1] - z[:, 0]
-        return _binary_update(d, y, d > 0, n_bins)
-    z_y = z.gather(1, y[:, None])[:, 0].double()
-    if z.shape[1] <= _NARROW:
+    if z.ndim == 2 and z.shape[1] > _NARROW:
+        return _wide_update(z, y, n_bins, hardness)
+    # small per-row work on one thread: on a busy machine an op split across two threads waits
+    # for a descheduled one (the 470,000 rows of [N, 2] logits of bench_diagnose, under load:
+    # 0.18 s on one thread, 1.6-2.9 s on two)
+    with one_thread():
+        if z.ndim == 1:
+            return _binary_update(z, y, z >= 0, n_bins)
+        if z.shape[1] == 2:  # argmax: the tie goes to the first column
+            d = z[:, 1] - z[:, 0]
+            return _binary_update(d, y, d > 0, n_bins)
+        z_y = z.gather(1, y[:, None])[:, 0].double()
         conf_bin, pred = torch.softmax(z, dim=1).max(dim=1)
         z = z.double()
         top = z.amax(dim=1)
         e = torch.exp(z - top[:, None])  # <= 1, exactly 1 at the argmax
         s = e.sum(dim=1)  # >= 1
         e_y = e.gather(1, y[:, None])[:, 0]
-        conf = 1.0 / s
         nll = torch.log(s) + (top - z_y)  # log-sum-exp minus z_y, both terms >= 0
         # sum_c (p_c - onehot_c)^2 = ((s - e_y)^2 + sum_{c != y} e_c^2) / s^2
         sq_others = (e.square().sum(dim=1) - e_y.square()).clamp_min(0)
         brier = ((s - e_y).square() + sq_others) / s.square()
-    else:  # one softmax over [B, C], for the Brier score; the rest per row
-        p = torch.softmax(z, dim=1)
-        sum_sq = torch.linalg.vector_norm(p, dim=1).double().square()  # sum_c p_c^2
-        if hardness is None:
-            conf_bin, pred = p.max(dim=1)
-            lse = torch.logsumexp(z, dim=1)
-        else:  # exp(top - log-sum-exp): the softmax's maximum but near 1.0, where it decides
-            pred, lse = hardness["pred"], hardness["lse"].to(z.dtype)
-            conf_bin = hardness["top_prob"].to(z.dtype)
-            near = torch.nonzero(conf_bin >= 1 - 2.0**-21)[:, 0]
-            conf_bin[near] = p.index_select(0, near).amax(dim=1)
+        return _binned(1.0 / s, conf_bin, pred == y, brier, nll, n_bins)
+
+
+def _wide_update(z, y, n_bins: int, hardness: dict | None) -> dict[str, torch.Tensor]:
+    """More than 16 columns: one softmax over [B, C] (for the Brier score), the rest per row,
+    in the logits' dtype with float64 sums."""
+    p = torch.softmax(z, dim=1)
+    sum_sq = torch.linalg.vector_norm(p, dim=1).double().square()  # sum_c p_c^2
+    if hardness is None:
+        conf_bin, pred = p.max(dim=1)
+        lse = torch.logsumexp(z, dim=1)
+    else:  # exp(top - log-sum-exp): the softmax's maximum but near 1.0, where it decides
+        pred, lse = hardness["pred"], hardness["lse"].to(z.dtype)
+        conf_bin = hardness["top_prob"].to(z.dtype)
+        near = torch.nonzero(conf_bin >= 1 - 2.0**-21)[:, 0]
+        conf_bin[near] = p.index_select(0, near).amax(dim=1)
+    with one_thread():
+        z_y = z.gather(1, y[:, None])[:, 0].double()
         lse64 = lse.double()
-        conf = conf_bin.double()
-        nll = lse64 - z_y
         brier = (sum_sq - 2 * torch.exp(z_y - lse64) + 1).clamp_min(0)
-    return _binned(conf, conf_bin, pred == y, brier, nll, n_bins)
+        return _binned(conf_bin.double(), conf_bin, pred == y, brier, lse64 - z_y, n_bins)
 
 
 def _binary_update(
