@@ -79,6 +79,9 @@ _non_negative_int = _number(int, 0, "an integer >= 0")
 # a finite bound: an infinite tolerance would silently switch the regression gate off
 _non_negative_float = _number(float, 0.0, "a finite number >= 0", maximum=1e300)
 _seed = _number(int, 0, f"an integer from 0 to {MAX_SEED}", maximum=MAX_SEED)
+_head_s = _number(float, 1e-300, "a finite number > 0", maximum=1e300)
+# radians: ArcFace's 28.6 degrees is 0.5; a value in degrees would be refused, not converted
+_head_m = _number(float, 0.0, "a margin in radians from 0 to pi (e.g. 0.5)", maximum=math.pi)
 
 
 MAX_IMAGE_SIZE = 2**16 - 1
@@ -165,6 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         metavar="N",
         help=f"samples per forward pass (default {DEFAULT_BATCH_SIZE}); rows per chunk for EMBEDDINGS",
+    )
+    head = parser.add_argument_group(
+        "margin head (with CHECKPOINT DATA or EMBEDDINGS)",
+        "the s, m and kind the model was trained with: set on a checkpoint's head before it "
+        "runs (overriding the factory's defaults or the config); for EMBEDDINGS, the head whose "
+        "logits are s * cos(theta). The report says where each value came from "
+        "(meta.head_provenance).",
+    )
+    head.add_argument("--head-s", type=_head_s, metavar="S", help="the scale s")
+    head.add_argument("--head-m", type=_head_m, metavar="M", help="the margin m, in radians")
+    head.add_argument(
+        "--head-kind",
+        choices=("arcface", "cosface"),
+        help="arcface: angular margin cos(theta + m); cosface: cosine margin cos(theta) - m",
     )
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -399,6 +416,31 @@ def _diagnoser_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _head_options(args: argparse.Namespace, loaded: Any = None) -> dict[str, Any]:
+    """``{"head_info": ...}`` for the Diagnoser: the head's s, m and kind stated by
+    ``--head-s``/``--head-m``/``--head-kind`` and, for a checkpoint's margin head, where its
+    other settings came from (`embscope.cli.checkpoint.head_provenance`); the stated s and m
+    are set on that head first, so that the model runs with them. Empty when there is
+    nothing to say."""
+    from embscope.cli.checkpoint import head_provenance, set_head_values
+    from embscope.diagnostics.heads import KIND_NAMES, find_margin_head
+
+    given = (("s", args.head_s), ("m", args.head_m))
+    stated = {key: value for key, value in given if value is not None}
+    info: dict[str, Any] = dict(stated)
+    if args.head_kind is not None:
+        info["kind"] = KIND_NAMES[args.head_kind]
+    if loaded is not None and not loaded.exported:
+        head = find_margin_head(loaded.module)
+        if head is not None:
+            provenance = head_provenance(loaded, head)
+            set_head_values(head, stated)
+            provenance.update(dict.fromkeys(stated, "user"))
+            if provenance:
+                info["provenance"] = provenance
+    return {"head_info": info} if info else {}
+
+
 def _update(diagnoser: Any, subject: object, *values: Any, **named: Any) -> None:
     """``Diagnoser.update``; its ValueError/TypeError (bad input) become `UsageError`."""
     try:
@@ -440,7 +482,7 @@ def _diagnose_embeddings(args: argparse.Namespace) -> tuple[Any, list[str]]:
             )
     device = _embeddings_device(args.device)
     source = EmbeddingFile(path)
-    diagnoser = Diagnoser(**_diagnoser_options(args))
+    diagnoser = Diagnoser(**_diagnoser_options(args), **_head_options(args))
     rows = source.chunk_rows(args.batch_size)
     with _progress(len(source), "row") as bar:
         for chunk in shard_chunks(source.chunks(rows), -(-len(source) // rows)):
@@ -519,7 +561,7 @@ def _diagnose_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
         model_kwargs=args.model_kwargs,
         trust=args.trust_checkpoint,
     )
-    options = _diagnoser_options(args)
+    options = {**_diagnoser_options(args), **_head_options(args, loaded)}
     _warm_plotting()
     with _progress(len(data), "sample") as bar:
 

@@ -8,6 +8,7 @@ unless ``--force``. Here its refusals and failures become one-line `UsageError`s
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +83,16 @@ def dropped_rows(metrics: Any) -> str:
 
 
 def summary_text(report: Any, *, files: list[Path] | None = None, notes: list[str] = ()) -> str:
-    """The stdout summary: rows dropped (a warning when most were), key metrics (with which way
-    is better), recommendations, files."""
+    """The stdout summary: rows dropped (a warning when most were), a head whose s or m are
+    the factory's defaults, key metrics (with which way is better), recommendations, what to run
+    to settle ArcFace vs BCE for two classes, notes, where the head's settings came from,
+    files."""
     dropped = _count(report.metrics, "nonfinite_count") + _count(report.metrics, "zero_norm_count")
     lines = []
     if dropped:
         most = dropped > _count(report.metrics, "n")  # more than half of the rows given
         lines.append(f"{'warning' if most else 'note'}: {dropped_rows(report.metrics)}")
+    lines += factory_default_warning(report)
     shown = [name for name in KEY_METRICS if name in report.metrics]
     rows = [(name, report.metrics[name]) for name in shown if not math.isnan(report.metrics[name])]
     undefined = [name for name in shown if math.isnan(report.metrics[name])]
@@ -105,8 +109,76 @@ def summary_text(report: Any, *, files: list[Path] | None = None, notes: list[st
         lines.append(f"  [{rec.severity}] {rec.action}{value}: {rec.reason}")
     if not report.recommendations:
         lines.append("  (none)")
+    lines += margin_head_vs_bce(report, files)
     for note in notes:
         lines.append(note)
+    lines += head_line(report)
     if files:
         lines += ["", f"report: {files[2]} (also {files[0].name}, {files[1].name}, plots/)"]
     return "\n".join(lines)
+
+
+def _head_value(report: Any, key: str) -> float:
+    value = report.metrics.get(f"head.{key}", math.nan)
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def factory_default_warning(report: Any) -> list[str]:
+    """A warning when the head's s or m are the model factory's defaults (the checkpoint said
+    nothing about them): the values the model was trained with may differ."""
+    provenance = report.meta.get("head_provenance") or {}
+    defaults = [k for k in ("s", "m") if provenance.get(k) == "factory default"]
+    if not defaults:
+        return []
+    values = " and ".join(f"{k} = {fmt(_head_value(report, k))}" for k in defaults)
+    flags = "/".join(f"--head-{k}" for k in defaults)
+    verb, noun = ("is", "default") if len(defaults) == 1 else ("are", "defaults")
+    return [
+        f"warning: the head's {values} {verb} the model factory's {noun} (the checkpoint holds "
+        f"no config entry or tensor for {' or '.join(defaults)}); if the model was trained "
+        f"with other values, the head's metrics and the scale advice are off: pass {flags} "
+        "(or --model-kwargs)"
+    ]
+
+
+def head_line(report: Any) -> list[str]:
+    """``head: s = 16 (checkpoint config), m = 0.2 (factory default), kind angular (declared)``."""
+    provenance = report.meta.get("head_provenance")
+    if not provenance:
+        return []
+    parts = []
+    for key in ("s", "m"):
+        value = _head_value(report, key)
+        if not math.isnan(value):
+            parts.append(f"{key} = {fmt(value)} ({provenance.get(key) or 'unknown'})")
+    kind = report.meta.get("head_kind")
+    if kind:
+        parts.append(f"kind {kind} ({provenance.get('kind') or 'not stated'})")
+    return [f"head: {', '.join(parts)}"] if parts else []
+
+
+def margin_head_vs_bce(report: Any, files: list[Path] | None = None) -> list[str]:
+    """For a two-class margin head with no verdict against a baseline yet: the commands that
+    settle ArcFace vs BCE (one report cannot; `compare` of two reports can)."""
+    two_classes = report.metrics.get("head.num_classes") == 2
+    margin = _head_value(report, "m")
+    judged = any(r.action in ("enable_arcface", "disable_arcface") for r in report.recommendations)
+    if not two_classes or math.isnan(margin) or judged:
+        return []
+    source = report.meta.get("source") or {}
+    mine = next((f for f in files or [] if f.name == "report.json"), None)
+    mine = shlex.quote(str(mine)) if mine is not None else "THIS/report.json"
+    if "embeddings" in source:
+        run = "diagnose BCE_EMBEDDINGS --out bce-report"
+    else:
+        data = shlex.quote(str(source.get("data", "DATA")))
+        run = f"diagnose BCE_CHECKPOINT {data} --model FILE.py:FACTORY --out bce-report"
+    return [
+        "",
+        "ArcFace vs BCE (two classes): this report alone cannot tell whether the margin head "
+        "beats one logit with BCE; a measured comparison can. Train the same model with one "
+        "logit and BCE, diagnose it on the same data, and compare (the BCE report first):",
+        f"  {run}",
+        f"  diagnose compare bce-report/report.json {mine}",
+        '  (in Python: recommend(report, baseline=Report.load("bce-report/report.json")))',
+    ]
