@@ -49,8 +49,8 @@ def find_margin_head(model: nn.Module) -> nn.Module | None:
 class HeadParams:
     """What diagnostics read from a margin head: m (radians for angular margins), s, the class
     weights [C, D] and the margin kind ("angular" for ArcFace-like, "cosine" for CosFace-like,
-    "unknown"), with where the kind came from ("declared" by the head's ``margin_type``, or
-    "class name" for a head that does not declare it)."""
+    "unknown"), with where the kind came from ("declared" by the head's ``margin_type``,
+    "class name" for a head that does not declare it, or "user" when stated: `stated_head`)."""
 
     m: float
     s: float
