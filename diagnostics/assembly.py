@@ -15,6 +15,7 @@ from . import metrics as M
 from .advice import recommend
 from .calibration import NO_SCALE, TemperatureFit, _calibration_compute, _fit_temperature
 from .heads import head_health, head_provenance, provenance_reasons, stated_facts
+from .intervals import with_intervals
 from .pca import pca_view
 from .registry import subset_of
 from .report import Report
@@ -74,6 +75,7 @@ def assemble(d) -> Report:
     report = Report(
         metrics=metrics, reasons=reasons, sampled=sampled, sections=sections, meta=d._meta()
     )
+    report = with_intervals(report, d)
     return report.with_recommendations(recommend(report, thresholds=d.thresholds))
 
 

@@ -18,8 +18,11 @@ import os
 import secrets
 import shutil
 import stat
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from .errors import InputError, ReplaceError
 
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from .report import Report
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
+SAMPLES_FILE = "samples.npz"  # per-sample values for paired comparisons (Report.samples)
 PLOTS = "plots"
 
 
@@ -121,7 +125,8 @@ def save_report(
     report: Report, folder: str | os.PathLike[str], *, force: bool = False
 ) -> list[Path]:
     """Write report.json, report.md, report.html and plots/*.png into ``folder`` atomically;
-    return the paths (the three files, then the plots).
+    return the paths (the three files, then the plots). A report that keeps per-sample values
+    (``report.samples``) also writes them to samples.npz, which `load_report` reads back.
 
     Raises `InputError` for a folder that cannot take the report (see `check_report_folder`),
     the `OSError` of a failed write (``folder`` is then as it was), and `ReplaceError` when
@@ -136,6 +141,8 @@ def save_report(
     keep = False
     try:
         (staging / "report.json").write_text(report.to_json(), encoding="utf-8")
+        if report.samples:
+            write_samples(report.samples, staging / SAMPLES_FILE)
         (staging / "report.md").write_text(report.to_markdown(), encoding="utf-8")
         pngs = report.plot_pngs()  # rendered once, for the page and for plots/
         (staging / "report.html").write_text(report.to_html(plots=pngs), encoding="utf-8")
@@ -223,7 +230,9 @@ def _undo(moved: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
 def _kept_entries(out: Path) -> list[Path]:
     """What in ``out`` is not the report's: everything but its three files and plots/, and in
     plots/ everything not named *.png."""
-    kept = [entry for entry in out.iterdir() if entry.name not in (*REPORT_FILES, PLOTS)]
+    kept = [
+        entry for entry in out.iterdir() if entry.name not in (*REPORT_FILES, SAMPLES_FILE, PLOTS)
+    ]
     plots = out / PLOTS
     if plots.is_dir():
         kept += [entry for entry in plots.iterdir() if entry.suffix != ".png"]
@@ -291,12 +300,40 @@ def load_report(source: str | os.PathLike[str]) -> Report:
     if problem is not None:
         raise InputError(path, f"is not an embscope report ({problem})", fix, argument="path")
     try:
-        return Report.from_dict(data)
+        report = Report.from_dict(data)
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         detail = " ".join(str(error).split())[:200]
         raise InputError(
             path, f"is not an embscope report ({detail})", fix, argument="path"
         ) from error
+    samples = read_samples(path.parent / SAMPLES_FILE, int(report.metrics.get("n", -1)))
+    return replace(report, samples=samples) if samples is not None else report
+
+
+_SAMPLE_KEYS = ("label", "pred", "margin", "top_prob", "gray", "id_hash")
+
+
+def write_samples(samples: dict, path: Path) -> None:
+    """Per-sample values as an uncompressed .npz (narrow dtypes: at most 25 bytes a sample)."""
+    with open(path, "wb") as f:
+        np.savez(f, **{k: np.asarray(v) for k, v in samples.items() if k in _SAMPLE_KEYS})
+
+
+def read_samples(path: Path, n: int) -> dict | None:
+    """The per-sample values next to a report.json, or None when the file is missing, cannot be
+    read, or does not fit the report (another n): a report is still usable without them, and
+    comparisons then fall back on the intervals."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            samples = {k: data[k] for k in data.files if k in _SAMPLE_KEYS}
+    except (OSError, ValueError, KeyError):
+        return None
+    sizes = {len(v) for v in samples.values() if np.ndim(v) == 1}
+    if "label" not in samples or sizes != {n}:
+        return None
+    return samples
 
 
 _JSON_TYPES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}

@@ -31,7 +31,20 @@ def key_metrics(report) -> list[tuple[str, float]]:
     return [(k, report.metrics[k]) for k in KEY_METRICS if k in report.metrics]
 
 
-def _metric_rows(report) -> list[tuple[str, str, str, str]]:
+def interval_text(report, name: str) -> str:
+    """ "[low, high]" of a metric's interval, or "" when it has none."""
+    iv = getattr(report, "intervals", {}).get(name)
+    if not iv:
+        return ""
+    return f"[{fmt(float(iv[0]))}, {fmt(float(iv[1]))}]"
+
+
+def _level(report) -> str:
+    level = getattr(report, "interval_level", None)
+    return f"{level:.0%} interval" if level else "interval"
+
+
+def _metric_rows(report) -> list[tuple[str, str, str, str, str]]:
     from .report import direction
 
     rows = []
@@ -43,7 +56,7 @@ def _metric_rows(report) -> list[tuple[str, str, str, str]]:
             note = (
                 note + "; " if note else ""
             ) + f"sampled {s['sample_size']} of {s['population']}"
-        rows.append((k, fmt(v), d, note))
+        rows.append((k, fmt(v), interval_text(report, k), d, note))
     return rows
 
 
@@ -57,8 +70,9 @@ def report_markdown(report) -> str:
             for name, e in r.evidence.items():
                 lines.append(f"  - {name}: {_evidence_text(e)}")
         lines.append("")
-    lines += ["## Key metrics", "", "| metric | value |", "|---|---:|"]
-    lines += [f"| {k} | {fmt(v)} |" for k, v in key_metrics(report)]
+    level = _level(report)
+    lines += ["## Key metrics", "", f"| metric | value | {level} |", "|---|---:|---:|"]
+    lines += [f"| {k} | {fmt(v)} | {interval_text(report, k)} |" for k, v in key_metrics(report)]
     classes = report.sections.get("classes") or []
     if classes:
         cols = list(classes[0].keys())
@@ -71,8 +85,17 @@ def report_markdown(report) -> str:
     if hardest:
         lines += ["", "## Hardest samples", "", "| id | label | margin |", "|---|---:|---:|"]
         lines += [f"| {h['id']} | {h['label']} | {fmt(h['margin'])} |" for h in hardest]
-    lines += ["", "## All metrics", "", "| metric | value | better | note |", "|---|---:|---|---|"]
-    lines += [f"| {k} | {v} | {d} | {n} |" for k, v, d, n in _metric_rows(report)]
+    lines += [
+        "",
+        "## All metrics",
+        "",
+        f"| metric | value | {level} | better | note |",
+        "|---|---:|---:|---|---|",
+    ]
+    lines += [f"| {k} | {v} | {i} | {d} | {n} |" for k, v, i, d, n in _metric_rows(report)]
+    if getattr(report, "interval_methods", None):
+        lines += ["", "How each interval was obtained (or why a metric has none): report.json's"]
+        lines += ["`interval_methods`."]
     return "\n".join(lines) + "\n"
 
 
@@ -267,9 +290,14 @@ def report_html(report, plots: dict[str, bytes] | None = None) -> str:
                 f"{value}: {e(r.reason)}<ul>{ev}</ul></li>"
             )
         parts.append("</ul>")
-    parts.append("<h2>Key metrics</h2><table>")
+    level = _level(report)
+    parts.append(
+        f"<h2>Key metrics</h2><table><tr><th>metric</th><th>value</th><th>{e(level)}</th></tr>"
+    )
     parts += [
-        f"<tr><td>{e(k)}</td><td class='num'>{e(fmt(v))}</td></tr>" for k, v in key_metrics(report)
+        f"<tr><td>{e(k)}</td><td class='num'>{e(fmt(v))}</td>"
+        f"<td class='num'>{e(interval_text(report, k))}</td></tr>"
+        for k, v in key_metrics(report)
     ]
     parts.append("</table><h2>Plots</h2><div class='plots'>")
     for name, png in (report_plots(report) if plots is None else plots).items():
@@ -288,11 +316,15 @@ def report_html(report, plots: dict[str, bytes] | None = None) -> str:
         ]
         parts.append("</table>")
     parts.append(
-        "<h2>All metrics</h2><table><tr><th>metric</th><th>value</th><th>better</th><th>note</th></tr>"
+        f"<h2>All metrics</h2><table><tr><th>metric</th><th>value</th><th>{e(level)}</th>"
+        "<th>better</th><th>note</th></tr>"
     )
+    methods = getattr(report, "interval_methods", {}) or {}
     parts += [
-        f"<tr><td>{e(k)}</td><td class='num'>{e(v)}</td><td>{e(d)}</td><td>{e(n)}</td></tr>"
-        for k, v, d, n in _metric_rows(report)
+        f"<tr><td>{e(k)}</td><td class='num'>{e(v)}</td>"
+        f"<td class='num' title='{e(methods.get(k, ''))}'>{e(i)}</td><td>{e(d)}</td>"
+        f"<td>{e(n)}</td></tr>"
+        for k, v, i, d, n in _metric_rows(report)
     ]
     parts.append("</table></body></html>")
     return "\n".join(parts)

@@ -79,7 +79,13 @@ class Report:
     sampled: for metrics computed on the bounded reservoir, {"exact", "sample_size", "population"}.
     sections: richer data (per-class table, histograms with edges, hardest samples, head, PCA).
     recommendations: advice with its evidence.
-    meta: schema and the options the report was computed with.
+    meta: schema and the options the report was computed with; ``meta["data"]`` the data's
+        fingerprint (n, class counts, hashes of the labels and ids; `intervals.fingerprint`).
+    intervals: metric -> [low, high], the ``interval_level`` (0.95) interval of its value.
+    interval_level: the level of ``intervals`` (None: a report without intervals).
+    interval_methods: metric -> how its interval was obtained, or why it has none.
+    samples: per-sample values for paired comparisons (label, pred, margin, top_prob, gray,
+        id_hash), saved next to report.json as samples.npz; None when not kept.
     """
 
     metrics: dict
@@ -88,6 +94,10 @@ class Report:
     sections: dict = field(default_factory=dict)
     recommendations: list = field(default_factory=list)
     meta: dict = field(default_factory=lambda: {"schema": SCHEMA})
+    intervals: dict = field(default_factory=dict)
+    interval_level: float | None = None
+    interval_methods: dict = field(default_factory=dict)
+    samples: dict | None = field(default=None, repr=False, compare=False)
 
     def with_recommendations(self, recs: list) -> Report:
         return replace(self, recommendations=list(recs))
@@ -106,6 +116,15 @@ class Report:
             "recommendations": [r.to_dict() for r in self.recommendations],
             "sections": _clean(self.sections),
             "meta": _clean({**self.meta, "schema": SCHEMA}),
+            **(
+                {
+                    "intervals": _clean(self.intervals),
+                    "interval_level": self.interval_level,
+                    "interval_methods": dict(self.interval_methods),
+                }
+                if self.interval_level is not None
+                else {}
+            ),
         }
 
     def to_json(self, indent: int | None = 1) -> str:
@@ -124,6 +143,12 @@ class Report:
             sections=d.get("sections", {}),
             recommendations=[Recommendation.from_dict(r) for r in d.get("recommendations", [])],
             meta=d.get("meta", {"schema": SCHEMA}),
+            intervals={
+                k: [float(_unclean_number(x)) for x in v]
+                for k, v in (d.get("intervals") or {}).items()
+            },
+            interval_level=d.get("interval_level"),
+            interval_methods=dict(d.get("interval_methods") or {}),
         )
 
     @classmethod
@@ -131,16 +156,20 @@ class Report:
         return cls.from_dict(json.loads(text))
 
     def to_frame(self):
-        """pandas DataFrame, one row per metric: name, value, direction, exact, reason."""
+        """pandas DataFrame, one row per metric: name, value, the interval's low and high (nan
+        without one), direction, exact, reason and how the interval was obtained."""
         import pandas as pd
 
         rows = [
             {
                 "metric": k,
                 "value": v,
+                "low": self.intervals.get(k, (NAN, NAN))[0],
+                "high": self.intervals.get(k, (NAN, NAN))[1],
                 "direction": direction(k),
                 "exact": self.sampled.get(k, {}).get("exact", True),
                 "reason": self.reasons.get(k, ""),
+                "interval": self.interval_methods.get(k, ""),
             }
             for k, v in self.metrics.items()
         ]
