@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .metrics import one_thread
+from ._threads import one_thread
 
 _SUBSET_FROM = 1024  # matrices larger than this use the subset eigensolver
 

@@ -1,15 +1,136 @@
-"""One-vs-rest score separation of multi-class models: the streaming state (histograms of
-P(class) and their moments) and the macro-averaged KS, Hellinger and Fisher score from it."""
+"""Score distributions: KS, Hellinger and Fisher score between the scores of the classes,
+for binary models and one-vs-rest for multi-class ones (the streaming state of histograms of
+P(class) and their moments, and the macro averages from it)."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from . import metrics as M
+from ._validation import as_tensor, check_batch, check_label_range
 from .state import HIST_BINS_FINE
 
 NAN = float("nan")
+
+
+# ----------------------------------------------------------------------------------------------
+# Score distributions.
+# ----------------------------------------------------------------------------------------------
+
+
+def ks_distance(a, b) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic sup_x |F_a(x) - F_b(x)|.
+
+    The same number as ``scipy.stats.ks_2samp(a, b).statistic``. Range [0, 1]; 1 means the two
+    samples do not overlap, 0 identical empirical distributions. nan if either is empty.
+    """
+    a = np.sort(np.asarray(as_tensor(a, "a").double().cpu().numpy(), dtype=np.float64).ravel())
+    b = np.sort(np.asarray(as_tensor(b, "b").double().cpu().numpy(), dtype=np.float64).ravel())
+    if a.size == 0 or b.size == 0:
+        return NAN
+    grid = np.concatenate([a, b])
+    cdf_a = np.searchsorted(a, grid, side="right") / a.size
+    cdf_b = np.searchsorted(b, grid, side="right") / b.size
+    return float(np.max(np.abs(cdf_a - cdf_b)))
+
+
+def histogram_edges(bins: int, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
+    if not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    return np.linspace(lo, hi, bins + 1)
+
+
+def _histogram_update(values: torch.Tensor, bins: int, lo: float = 0.0, hi: float = 1.0):
+    """Counts over ``bins`` equal bins on [lo, hi], numpy's convention (last bin closed);
+    values outside are clipped into the end bins."""
+    v = values.double()
+    idx = ((v - lo) / (hi - lo) * bins).floor().clamp(0, bins - 1).long()
+    return torch.bincount(idx, minlength=bins).to("cpu", torch.float64)
+
+
+def hellinger_from_counts(p_counts, q_counts) -> float:
+    """Hellinger distance sqrt(1 - sum_b sqrt(p_b q_b)) of two histograms over shared bins.
+
+    Range [0, 1]; 0 identical, 1 disjoint supports. nan if either histogram is empty.
+    """
+    p = np.asarray(p_counts, dtype=np.float64)
+    q = np.asarray(q_counts, dtype=np.float64)
+    if p.sum() <= 0 or q.sum() <= 0:
+        return NAN
+    bc = np.sum(np.sqrt(p / p.sum() * q / q.sum()))
+    return float(math.sqrt(max(0.0, 1.0 - bc)))
+
+
+def hellinger_distance(a, b, *, bins: int = 50, range: tuple[float, float] = (0.0, 1.0)) -> float:
+    """Hellinger distance between the histograms of two samples over ``bins`` equal bins on
+    ``range`` (values outside are clipped into the end bins). See :func:`hellinger_from_counts`.
+    """
+    lo, hi = range
+    ta = as_tensor(a, "a").reshape(-1)
+    tb = as_tensor(b, "b").reshape(-1)
+    return hellinger_from_counts(
+        _histogram_update(ta, bins, lo, hi), _histogram_update(tb, bins, lo, hi)
+    )
+
+
+def fisher_score(a, b) -> float:
+    """(m1 - m0)^2 / (v1 + v0) of two samples (population variances). Higher separates more."""
+    a = np.asarray(as_tensor(a, "a").double().cpu().numpy()).ravel()
+    b = np.asarray(as_tensor(b, "b").double().cpu().numpy()).ravel()
+    if a.size == 0 or b.size == 0:
+        return NAN
+    v = a.var() + b.var()
+    return float((a.mean() - b.mean()) ** 2 / v) if v > 0 else NAN
+
+
+def positive_log_odds(logits: torch.Tensor) -> torch.Tensor:
+    """log P(pos) / P(neg) of a binary model: the logit itself ([N]) or z1 - z0 ([N, 2]).
+
+    Monotone in P(positive), so rank statistics (KS) on it equal those on the probability, but
+    it does not saturate at 0 or 1 in floating point.
+    """
+    return logits if logits.ndim == 1 else logits[:, 1] - logits[:, 0]
+
+
+@dataclass(frozen=True)
+class ScoreSeparation:
+    """How well the positive-class score separates the two classes (binary models).
+
+    ks: KS statistic between scores of class 1 and class 0 (higher better, seeds: > 0.5).
+    hellinger: Hellinger distance of their histograms (higher better, seeds: > 0.5).
+    fisher: (m1 - m0)^2 / (v1 + v0) of the scores (higher better).
+    """
+
+    ks: float
+    hellinger: float
+    fisher: float
+    bin_edges: tuple
+
+    def to_dict(self) -> dict:
+        return {"score_ks": self.ks, "score_hellinger": self.hellinger, "score_fisher": self.fisher}
+
+
+def score_separation(logits, labels, *, bins: int = 50) -> ScoreSeparation:
+    """Separation of P(positive) between the classes of a binary model.
+
+    logits: [N] single logits (P = sigmoid) or [N, 2] (P = softmax column 1); labels in {0, 1}.
+    """
+    b = check_batch(torch.zeros(len(labels), 1), labels, logits)
+    if b.logits is None or (b.logits.ndim == 2 and b.logits.shape[1] != 2):
+        raise ValueError("logits must be [N] or [N, 2] for a binary score; use macro one-vs-rest")
+    check_label_range(b.labels, 2, "two classes of a binary model")
+    odds = positive_log_odds(b.logits).double()
+    p = torch.sigmoid(odds)
+    pos, neg = b.labels == 1, b.labels == 0
+    return ScoreSeparation(
+        ks_distance(odds[pos], odds[neg]),
+        hellinger_distance(p[pos], p[neg], bins=bins),
+        fisher_score(p[pos], p[neg]),
+        tuple(histogram_edges(bins)),
+    )
 
 
 def _ovr_state(p: torch.Tensor, y: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
@@ -54,7 +175,7 @@ def _ovr_separation(pos_h, all_h, moments, n_c, bins: int) -> tuple[float, float
             continue
         ks.append(np.max(np.abs(np.cumsum(pos_h[c]) / n_c[c] - np.cumsum(neg_h[c]) / n_neg)))
         hel.append(
-            M.hellinger_from_counts(
+            hellinger_from_counts(
                 pos_h[c].reshape(-1, group).sum(1), neg_h[c].reshape(-1, group).sum(1)
             )
         )

@@ -104,7 +104,7 @@ def test_nc1_matches_numpy():
 def test_nc1_wider_than_rows_and_in_blocks_matches_numpy(monkeypatch, block, spread):
     # D > N (S_W and S_B both rank-deficient); blocks of one row up to the whole matrix;
     # nearly collapsed classes (spread 1e-4 around the means) as well as spread ones
-    import embscope.diagnostics.metrics as metrics
+    import embscope.diagnostics.geometry_metrics as metrics
 
     monkeypatch.setattr(metrics, "_NC1_BLOCK", block)
     g = np.random.default_rng(6)
