@@ -433,8 +433,11 @@ class Diagnoser:
         return f"no usable rows: all {dropped} rows were dropped ({', '.join(why)})"
 
     def _meta(self) -> dict:
+        from embscope import __version__
+
         return {
             "schema": SCHEMA,
+            "embscope_version": __version__,
             "space": self.space,
             "reservoir_size": self.reservoir.capacity,
             "seed": self.seed,
