@@ -11,8 +11,6 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from .registry import compared_keys
 from .report import Recommendation, Report, direction
 
@@ -359,17 +357,13 @@ def _untrained_evidence_holds(report: Report, t: dict) -> bool:
 
 def _margin_for_fallback(report: Report, m: float) -> float:
     """A margin leaving about 1% of samples with theta + m > pi: pi minus the 99th percentile of
-    the angle to the true class (from the angle histogram); m / 2 when that is no smaller."""
+    the angle to the true class (``angle_true_p99``); m / 2 when that is no smaller."""
     candidate = m / 2
-    h = report.sections.get("histograms", {}).get("angle")
-    if h:
-        counts = np.asarray(h["counts"]["to true class"], dtype=float)
-        edges = np.asarray(h["edges"], dtype=float)
-        if counts.sum() > 0:
-            cdf = np.cumsum(counts) / counts.sum()
-            theta99 = math.radians(edges[1:][np.searchsorted(cdf, 0.99)])
-            if 0 < math.pi - theta99 < m:
-                candidate = math.pi - theta99
+    p99 = _get(report, "angle_true_p99")
+    if _finite(p99):
+        theta99 = math.radians(p99)
+        if 0 < math.pi - theta99 < m:
+            candidate = math.pi - theta99
     return max(0.05, candidate)
 
 

@@ -246,6 +246,7 @@ def _head(d, metrics, reasons, sections) -> None:
     t = torch.cat(d.samples["angle_true"]).numpy()
     o = torch.cat(d.samples["angle_other"]).numpy()
     metrics["angle_true_mean"] = float(t.mean())
+    metrics["angle_true_p99"] = float(np.percentile(t, 99))
     metrics["angle_nearest_other_mean"] = float(np.nanmean(o)) if np.isfinite(o).any() else NAN
     if hp.kind == "angular":
         metrics["fallback_fraction"] = float((np.radians(t) + hp.m > math.pi).mean())

@@ -378,6 +378,14 @@ METRICS: tuple[MetricInfo, ...] = (
         "brute force",
     ),
     _m(
+        "angle_true_p99",
+        "head",
+        "lower",
+        "[0, 180]",
+        "99th percentile of the angle to the own class weight (degrees)",
+        "numpy percentile",
+    ),
+    _m(
         "angle_nearest_other_mean",
         "head",
         "higher",
