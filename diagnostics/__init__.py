@@ -23,6 +23,7 @@ from .metrics import (
     Geometry,
     HardExamples,
     ScoreSeparation,
+    centroid_confusion,
     classification_scores,
     fisher_ratio,
     fisher_score,
@@ -33,27 +34,36 @@ from .metrics import (
     intra_inter,
     ks_distance,
     logit_column_stats,
+    margin_summary,
     nc1,
+    ovr_score_separation,
     prediction_margins,
     score_separation,
 )
 from .model import diagnose_model, embed
+from .pairs import PairSample, pair_similarities
 from .report import Recommendation, Report, direction
+from .retrieval import RetrievalResult, knn_retrieval
+from .verification import VerificationResult, verification_metrics
 
 __all__ = [
-    "DEFAULT_THRESHOLDS",
     "CalibrationResult",
     "Comparison",
+    "DEFAULT_THRESHOLDS",
     "Diagnoser",
     "Geometry",
     "HardExamples",
     "InputError",
+    "PairSample",
     "Recommendation",
     "Regression",
     "Report",
+    "RetrievalResult",
     "ScoreSeparation",
+    "VerificationResult",
     "adacos_scale",
     "calibration_metrics",
+    "centroid_confusion",
     "check_regression",
     "classification_scores",
     "compare",
@@ -71,12 +81,17 @@ __all__ = [
     "hellinger_from_counts",
     "intra_inter",
     "is_margin_head",
+    "knn_retrieval",
     "ks_distance",
     "logit_column_stats",
+    "margin_summary",
     "nc1",
     "normface_scale",
+    "ovr_score_separation",
+    "pair_similarities",
     "prediction_margins",
     "probe_margin_leak",
     "recommend",
     "score_separation",
+    "verification_metrics",
 ]

@@ -90,10 +90,7 @@ def _logits(d, metrics, reasons, sampled, sections, labels) -> None:
     y = labels
     k = len(d._values)
     margin = s["margin"].numpy()
-    metrics["margin_mean"] = float(margin.mean())
-    metrics["margin_median"] = float(np.median(margin))
-    metrics["margin_p05"] = float(np.percentile(margin, 5))
-    metrics["negative_margin_fraction"] = float((margin < 0).mean())
+    metrics.update(M._margin_summary(margin))
     cm = d.confusion.numpy()
     metrics.update(M.classification_scores(cm))
     hard = M._hard_compute(s, y, d.ids, d.hard_k)
@@ -331,15 +328,7 @@ def _vectors(d, metrics, reasons, sampled, sections) -> None:
     means = d.sums / d.counts.clamp_min(1)[:, None]
     present = d.counts > 0
     if int(present.sum()) >= 2:
-        mu = means.float()
-        if d.space == "cosine":
-            dist = -(x @ torch.nn.functional.normalize(mu, dim=1).T)
-        else:
-            dist = torch.cdist(x, mu) ** 2
-        dist[:, ~present] = math.inf
-        own = dist.gather(1, y[:, None])[:, 0]
-        dist.scatter_(1, y[:, None], math.inf)
-        confused = float((dist.min(dim=1).values < own).double().sum())
+        confused = M._centroid_confusion_compute(x, y, means, present, d.space)
         metrics["centroid_confusion_count"] = confused * weight
         metrics["centroid_confusion_fraction"] = confused / len(res)
         sampled["centroid_confusion_fraction"] = dict(info)

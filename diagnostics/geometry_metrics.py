@@ -201,7 +201,8 @@ def fisher_ratio(embeddings, labels, *, space: str = "cosine") -> float:
     S_W = sum_i (x_i - mu_{y_i})(x_i - mu_{y_i})^T.
 
     Equals the Calinski-Harabasz index times (k - 1) / (n - k). Range [0, inf); higher means
-    better separated classes (above 1: between-class scatter exceeds within-class scatter). nan with fewer than two classes.
+    better separated classes (above 1: between-class scatter exceeds within-class scatter).
+    nan with fewer than two classes.
     """
     return geometry(embeddings, labels, space=space).fisher_ratio
 
@@ -262,3 +263,38 @@ def _nc1_compute(
             proj -= proj_means[idx[start : start + rows]]
             total += float(proj.square().sum())
     return float(weight * total / k), None
+
+
+def _centroid_confusion_compute(
+    x: torch.Tensor, y: torch.Tensor, means: torch.Tensor, present: torch.Tensor, space: str
+) -> float:
+    """How many rows ``x`` (unit rows in cosine space) are nearer another present class's mean
+    ``means`` [C, D] than their own (cosine: by cosine to the normalised means; Euclidean: by
+    squared distance). Ties count as not confused."""
+    mu = means.to(x.dtype)
+    if space == "cosine":
+        dist = -(x @ F.normalize(mu, dim=1).T)
+    else:
+        dist = torch.cdist(x, mu) ** 2
+    dist[:, ~present.to(dist.device)] = math.inf
+    own = dist.gather(1, y[:, None])[:, 0]
+    dist.scatter_(1, y[:, None], math.inf)
+    return float((dist.min(dim=1).values < own).double().sum())
+
+
+def centroid_confusion(embeddings, labels, *, space: str = "cosine") -> tuple[float, float]:
+    """(count, fraction) of samples nearer another class's centroid than their own.
+
+    Centroids are the class means of the rows in the metric space (unit rows in cosine space,
+    compared by cosine to the normalised means). Range: count in [0, N], fraction in [0, 1];
+    lower is better. nan with fewer than two classes.
+    """
+    x, idx, k = _geometry_inputs(embeddings, labels, space)
+    counts, sums, _ = _class_sums_update(x, idx, k)
+    present = counts > 0
+    if int(present.sum()) < 2:
+        return NAN, NAN
+    confused = _centroid_confusion_compute(
+        x.double(), idx, sums / counts.clamp_min(1)[:, None], present, space
+    )
+    return confused, confused / len(idx)

@@ -47,6 +47,26 @@ def _margins(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return true - other
 
 
+def _margin_summary(margin: np.ndarray) -> dict[str, float]:
+    mean = float(margin.mean()) if len(margin) else NAN
+    return {
+        "margin_mean": mean,
+        "margin_median": float(np.median(margin)) if len(margin) else NAN,
+        "margin_p05": float(np.percentile(margin, 5)) if len(margin) else NAN,
+        "negative_margin_fraction": float((margin < 0).mean()) if len(margin) else NAN,
+    }
+
+
+def margin_summary(logits, labels) -> dict[str, float]:
+    """Mean, median and 5th percentile of the logit margin (true-class logit minus the largest
+    other; (2y - 1) z for one binary logit) and the share of negative margins (misclassified).
+
+    Keys as in the report: ``margin_mean``, ``margin_median``, ``margin_p05`` (higher is
+    better), ``negative_margin_fraction`` (lower is better).
+    """
+    return _margin_summary(prediction_margins(logits, labels))
+
+
 def _column_stats_update(
     z: torch.Tensor, y: torch.Tensor, num_classes: int, by_class: bool = True
 ) -> dict:

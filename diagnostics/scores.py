@@ -189,3 +189,25 @@ def _ovr_separation(pos_h, all_h, moments, n_c, bins: int) -> tuple[float, float
     hel_v = float(np.nanmean(hel)) if hel and np.isfinite(hel).any() else NAN
     fis_v = float(np.nanmean(fis)) if fis and np.isfinite(fis).any() else NAN
     return ks_v, hel_v, fis_v
+
+
+def ovr_score_separation(logits, labels, *, bins: int = 50) -> ScoreSeparation:
+    """Macro-averaged one-vs-rest separation of a multi-class model's softmax scores.
+
+    For each class c present: KS, Hellinger (``bins`` equal bins) and Fisher score between
+    P(c) on the rows of class c and P(c) on the other rows, averaged over classes, as the
+    report's ``score_ks``, ``score_hellinger`` and ``score_fisher`` of [N, C] logits (P(c)
+    binned at 1/1000). logits [N, C] with C >= 3; labels in [0, C). Higher is better.
+    """
+    b = check_batch(torch.zeros(len(labels), 1), labels, logits)
+    if b.logits is None or b.logits.ndim != 2 or b.logits.shape[1] < 3:
+        raise ValueError(
+            "logits must be [N, C] with C >= 3 for one-vs-rest scores; "
+            "use score_separation for binary models"
+        )
+    if not isinstance(bins, int) or bins < 1 or HIST_BINS_FINE % bins:
+        raise ValueError(f"bins must be a positive divisor of {HIST_BINS_FINE}, got {bins!r}")
+    k = b.logits.shape[1]
+    check_label_range(b.labels, k, "logit columns")
+    ks, hel, fis = _ovr_separation(*_ovr_from_rows(b.logits, b.labels, k), bins)
+    return ScoreSeparation(ks, hel, fis, tuple(histogram_edges(bins)))
