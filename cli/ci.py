@@ -65,8 +65,23 @@ def parse_fail_on(text: str) -> list[Rule]:
     return rules
 
 
+def rule_values(report: Any) -> dict[str, float]:
+    """What ``--fail-on`` rules can name: every metric, and ``METRIC.low`` / ``METRIC.high``,
+    the bounds of its interval (nan for an undefined metric, which then breaks its rule)."""
+    values = {k: float(v) for k, v in report.metrics.items()}
+    intervals = getattr(report, "intervals", None) or {}
+    for name, value in report.metrics.items():
+        bounds = intervals.get(name)
+        if bounds:
+            values[f"{name}.low"], values[f"{name}.high"] = float(bounds[0]), float(bounds[1])
+        elif math.isnan(float(value)):
+            values[f"{name}.low"] = values[f"{name}.high"] = math.nan
+    return values
+
+
 def broken_rules(rules: list[Rule], metrics: Mapping[str, float]) -> list[str]:
-    """A line per broken rule; `UsageError` for a rule naming a metric the report lacks."""
+    """A line per broken rule; `UsageError` for a rule naming a metric the report lacks (or the
+    bound of an interval it does not have)."""
     lines = []
     for rule in rules:
         if rule.metric not in metrics:
@@ -90,47 +105,174 @@ def parse_metric_names(text: str, option: str = "--metrics") -> list[str]:
     return names
 
 
+_TOLERANCE_ITEM = re.compile(r"^\s*(?:([A-Za-z_][\w.\-]*)\s*=\s*)?([^=\s]+)\s*$")
+MAX_TOLERANCE = 1e300  # finite: an infinite tolerance would silently switch the gate off
+
+
+def tolerance_items(text: str) -> list[tuple[str | None, float]]:
+    """One ``--tolerance``: ``0.03``, ``f1=0.01,ece=0.02`` or both (``0.03,f1=0.01``), as
+    (metric or None for the global one, value). ValueError naming the bad part."""
+    from embscope.diagnostics.registry import info
+
+    items: list[tuple[str | None, float]] = []
+    for part in text.split(","):
+        if not part.strip() and "," in text:
+            continue
+        match = _TOLERANCE_ITEM.match(part)
+        try:
+            value = float(match.group(2)) if match else math.nan
+        except ValueError:
+            value = math.nan
+        if not 0.0 <= value <= MAX_TOLERANCE:  # also nan
+            raise ValueError(f"must be a finite number >= 0, got {part.strip()!r}")
+        name = match.group(1)
+        if name is not None and (info(name) is None or info(name).direction is None):
+            raise ValueError(f"{name!r} is not a metric with a better direction")
+        items.append((name, value))
+    return items
+
+
+def tolerance_value(
+    given: list[list[tuple[str | None, float]]] | None, default: float = 0.02
+) -> float | dict[str, float]:
+    """The tolerance of every ``--tolerance`` given (later ones win): a float when only a global
+    number is given, else a dict of metric -> tolerance with the global one under ``"*"``."""
+    glob, per = default, {}
+    for items in given or []:
+        for name, value in items:
+            if name is None:
+                glob = value
+            else:
+                per[name] = value
+    return {"*": glob, **per} if per else glob
+
+
+def tolerance_text(tolerance: float | dict[str, float]) -> str:
+    """``0.02`` or ``0.02, f1=0.01``."""
+    if not isinstance(tolerance, dict):
+        return f"{tolerance:g}"
+    rest = [f"{k}={v:g}" for k, v in tolerance.items() if k != "*"]
+    return ", ".join([f"{tolerance.get('*', 0.02):g}", *rest])
+
+
+def parse_gate(text: str) -> list[str]:
+    """``--gate f1,ece``: metric names with a better direction (`UsageError` otherwise)."""
+    from embscope.diagnostics.registry import info
+
+    names = parse_metric_names(text, "--gate")
+    for name in names:
+        if info(name) is None or info(name).direction is None:
+            raise UsageError(
+                "--gate",
+                f"{name!r} is not a metric with a better direction",
+                "name metrics of report.json that can regress, e.g. f1,ece",
+            )
+    return names
+
+
+def _incomparable(error: Any, option: str, path: str, against: str) -> UsageError:
+    """The one line for reports that cannot be compared: other data (`DifferentData`) or other
+    classes, logits or space."""
+    from embscope.diagnostics.compare import DifferentData
+
+    if isinstance(error, DifferentData):
+        return UsageError(
+            option,
+            f"{path} was computed on other data than {against}: {'; '.join(error.differences)}",
+            "give a report of the same data, or pass --allow-different-data",
+        )
+    fix = (
+        "check chosen metrics with --metrics NAME,NAME, or give a baseline of the same "
+        "classes, logits and space"
+        if option == "--baseline"
+        else "compare chosen metrics with --metrics NAME,NAME"
+    )
+    if option == "--baseline":
+        what = f"{path} cannot be compared with {against}: {'; '.join(error.differences)}"
+    else:
+        what = f"cannot be compared with {against}: {'; '.join(error.differences)}"
+    return UsageError(option, what, fix)
+
+
+def _one_or_all(values: list) -> Any:
+    return values[0] if len(values) == 1 else values
+
+
 def regressions(
     report: Any,
     baseline: Any,
     *,
-    baseline_path: str | Path,
-    tolerance: float,
+    baseline_path: str | Path | list,
+    tolerance: float | dict[str, float],
     metrics: list[str] | None,
+    gate: list[str] | None = None,
+    allow_different_data: bool = False,
 ) -> list[Any]:
-    """``check_regression``; a baseline that cannot be compared is a `UsageError` (exit 2)."""
+    """``check_regression`` against one baseline or several (lists of reports and paths); a
+    baseline that cannot be compared, or is of other data, is a `UsageError` (exit 2)."""
     from embscope.diagnostics import check_regression
-    from embscope.diagnostics.advice import IncomparableReports
+    from embscope.diagnostics.compare import IncomparableReports
 
+    baselines = baseline if isinstance(baseline, list) else [baseline]
+    paths = [
+        str(p) for p in (baseline_path if isinstance(baseline_path, list) else [baseline_path])
+    ]
     try:
-        return check_regression(report, baseline, tolerance=tolerance, metrics=metrics)
+        return check_regression(
+            report,
+            _one_or_all(baselines),
+            tolerance=tolerance,
+            metrics=metrics,
+            gate=gate,
+            allow_different_data=allow_different_data,
+        )
     except IncomparableReports as error:
-        raise UsageError(
-            "--baseline",
-            f"{baseline_path} cannot be compared with this run: {'; '.join(error.differences)}",
-            "check chosen metrics with --metrics NAME,NAME, or give a baseline of the same "
-            "classes, logits and space",
-        ) from error
+        # several baselines: the library names them baseline1, baseline2, ... in that order
+        which = _named_side(error, "baseline", paths)
+        raise _incomparable(error, "--baseline", which, "this run") from error
     except ValueError as error:  # a metric named by --metrics that a report lacks, or "n"
         raise UsageError(
             "--metrics", str(error), "name metrics both reports hold, with a better direction"
         ) from error
 
 
-def compare_reports(
-    report_a: Any, report_b: Any, *, paths: tuple[str, str], metrics: list[str] | None
-) -> Any:
-    """``compare``; reports that cannot be compared are a `UsageError` (exit 2)."""
-    from embscope.diagnostics import compare
-    from embscope.diagnostics.advice import IncomparableReports
+def _named_side(error: Any, prefix: str, paths: list[str]) -> str:
+    """The path of the baseline an error is about (sides "baseline2", "A3", ...)."""
+    side = next((s for s in error.sides if s.startswith(prefix)), "")
+    if len(paths) > 1 and side.startswith(prefix) and side[len(prefix) :].isdigit():
+        return paths[int(side[len(prefix) :]) - 1]
+    return paths[0]
 
+
+def compare_reports(
+    report_a: Any,
+    report_b: Any,
+    *,
+    paths: tuple[Any, str],
+    metrics: list[str] | None,
+    tolerance: float | dict[str, float] = 0.02,
+    gate: list[str] | None = None,
+    allow_different_data: bool = False,
+) -> Any:
+    """``compare`` of B against A, or against several baselines (``report_a`` and
+    ``paths[0]`` lists); reports that cannot be compared are a `UsageError` (exit 2)."""
+    from embscope.diagnostics import compare
+    from embscope.diagnostics.compare import IncomparableReports
+
+    baselines = report_a if isinstance(report_a, list) else [report_a]
+    names = [str(p) for p in (paths[0] if isinstance(paths[0], list) else [paths[0]])]
     try:
-        return compare(report_a, report_b, metrics=metrics)
+        return compare(
+            _one_or_all(baselines),
+            report_b,
+            metrics=metrics,
+            tolerance=tolerance,
+            gate=gate,
+            allow_different_data=allow_different_data,
+        )
     except IncomparableReports as error:
-        raise UsageError(
-            paths[1],
-            f"cannot be compared with {paths[0]}: {'; '.join(error.differences)}",
-            "compare chosen metrics with --metrics NAME,NAME",
+        raise _incomparable(
+            error, str(paths[1]), str(paths[1]), _named_side(error, "A", names)
         ) from error
     except ValueError as error:
         raise UsageError("--metrics", str(error), "name metrics both reports hold") from error

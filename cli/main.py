@@ -5,6 +5,7 @@
     diagnose CHECKPOINT DATA [options]      run a model on labelled data and diagnose it
     diagnose EMBEDDINGS [options]           diagnose precomputed embeddings (and logits)
     diagnose compare A.json B.json          print the deltas of two reports and a verdict
+    diagnose compare A1 A2 A3 -- B.json     B against several baselines (seeds of one recipe)
 
 Exit status: 0 success; 1 a regression against ``--baseline`` or a broken ``--fail-on`` rule
 (the report is still written); 2 bad usage or bad input, and also any unexpected internal error
@@ -76,8 +77,6 @@ def _number(
 
 _positive_int = _number(int, 1, "a positive integer")
 _non_negative_int = _number(int, 0, "an integer >= 0")
-# a finite bound: an infinite tolerance would silently switch the regression gate off
-_non_negative_float = _number(float, 0.0, "a finite number >= 0", maximum=1e300)
 _seed = _number(int, 0, f"an integer from 0 to {MAX_SEED}", maximum=MAX_SEED)
 _head_s = _number(float, 1e-300, "a finite number > 0", maximum=1e300)
 # radians: ArcFace's 28.6 degrees is 0.5; a value in degrees would be refused, not converted
@@ -228,16 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     ci = parser.add_argument_group("CI")
     ci.add_argument(
         "--baseline",
+        action="append",
         metavar="REPORT.json",
-        help="exit 1 when a metric is worse than in this report",
+        help="exit 1 when a gated metric is worse than in this report, beyond the tolerance and "
+        "the noise; repeat it for several baselines (the same recipe with other seeds: judged "
+        "against their spread)",
     )
-    ci.add_argument(
-        "--tolerance",
-        type=_non_negative_float,
-        default=0.02,
-        metavar="X",
-        help="allowed worsening: absolute for metrics in [-1, 1], relative beyond (default 0.02)",
-    )
+    _ci_options(ci)
     ci.add_argument(
         "--metrics",
         metavar="NAME[,NAME]",
@@ -247,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     ci.add_argument(
         "--fail-on",
         metavar="RULES",
-        help="exit 1 when a rule holds, e.g. 'score_ks<0.5,f1<0.8' (a nan metric breaks its rule)",
+        help="exit 1 when a rule holds, e.g. 'score_ks<0.5,f1<0.8,f1.low<0.75' (METRIC.low and "
+        "METRIC.high: its interval's bounds; a nan metric breaks its rule)",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and Python warnings")
     parser.add_argument("--demo", action="store_true", help="diagnose a small built-in example")
@@ -260,21 +257,87 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tolerance(text: str) -> list[tuple[str | None, float]]:
+    from embscope.cli.ci import tolerance_items
+
+    try:
+        return tolerance_items(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _ci_options(group: Any) -> None:
+    """The options the gate and ``diagnose compare`` share: they decide alike."""
+    group.add_argument(
+        "--tolerance",
+        type=_tolerance,
+        action="append",
+        metavar="X|METRIC=X[,...]",
+        help="allowed worsening: absolute for metrics in [-1, 1], relative beyond (default "
+        "0.02); per metric with METRIC=X, e.g. --tolerance 0.02 --tolerance f1=0.01,ece=0.03",
+    )
+    group.add_argument(
+        "--gate",
+        metavar="METRIC[,METRIC]",
+        help="the metrics judged (default: the task, score separation, fisher_ratio, "
+        "verification, retrieval and calibration metrics; counts are judged as rates)",
+    )
+    group.add_argument(
+        "--allow-different-data",
+        action="store_true",
+        help="judge against a report computed on other data (refused otherwise: other samples, "
+        "ids or labels)",
+    )
+
+
+COMPARE_USAGE = "diagnose compare A.json B.json | diagnose compare A1.json A2.json ... -- B.json"
+
+
 def build_compare_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="diagnose compare",
-        description="Compare two reports: metric deltas (B - A), which side is better, and a verdict.",
+        usage=f"{COMPARE_USAGE} [options]",
+        description="Compare B with A (or with several baselines A1 A2 ..., the same recipe with "
+        "other seeds): the judged metrics first, with their intervals and the decision for each "
+        "(the same decision as the --baseline gate), then the other metrics, and a verdict.",
     )
-    parser.add_argument("a", metavar="A.json", help="the baseline report (e.g. the BCE model)")
-    parser.add_argument("b", metavar="B.json", help="the candidate report (e.g. the ArcFace model)")
+    parser.add_argument(
+        "reports",
+        nargs="+",
+        metavar="REPORT.json",
+        help="A.json B.json (A the baseline, e.g. the BCE model; B the candidate), or the "
+        "baselines, then --, then B",
+    )
     parser.add_argument(
         "--metrics",
         metavar="NAME[,NAME]",
         help="compare only these metrics (needed when the reports have other classes, logits or "
         "space)",
     )
+    _ci_options(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def parse_compare_args(argv: list[str]) -> argparse.Namespace:
+    """``A B`` or ``A1 A2 ... -- B`` (options anywhere before B)."""
+    if "--" in argv:
+        i = argv.index("--")
+        after = argv[i + 1 :]
+        if not after or after[0].startswith("-"):
+            raise UsageError("diagnose compare", "expects B.json after --", COMPARE_USAGE)
+        args = build_compare_parser().parse_args(argv[:i] + after[1:])
+        args.a, args.b = list(args.reports), after[0]
+        return args
+    args = build_compare_parser().parse_args(argv)
+    if len(args.reports) != 2:
+        raise UsageError(
+            "diagnose compare",
+            f"expects two reports, got {len(args.reports)}",
+            f"for several baselines write {COMPARE_USAGE.split(' | ')[1]}",
+        )
+    args.a, args.b = args.reports
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -286,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not debug:
                 warnings.simplefilter("ignore")
             if argv and argv[0] == "compare":
-                return run_compare(build_compare_parser().parse_args(argv[1:]))
+                return run_compare(parse_compare_args(argv[1:]))
             return run(build_parser().parse_args(argv))
     except UsageError as error:
         if debug:
@@ -332,12 +395,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from embscope.cli.ci import compare_reports, load_report, parse_metric_names
+    from embscope.cli.ci import (
+        compare_reports,
+        load_report,
+        parse_gate,
+        parse_metric_names,
+        tolerance_value,
+    )
 
     metrics = parse_metric_names(args.metrics) if args.metrics is not None else None
-    report_a = load_report(args.a, "A.json")
+    gate = parse_gate(args.gate) if args.gate is not None else None
+    if isinstance(args.a, list):
+        report_a = [load_report(a, f"A{i + 1}.json") for i, a in enumerate(args.a)]
+    else:
+        report_a = load_report(args.a, "A.json")
     report_b = load_report(args.b, "B.json")
-    comparison = compare_reports(report_a, report_b, paths=(args.a, args.b), metrics=metrics)
+    comparison = compare_reports(
+        report_a,
+        report_b,
+        paths=(args.a, args.b),
+        metrics=metrics,
+        tolerance=tolerance_value(args.tolerance),
+        gate=gate,
+        allow_different_data=args.allow_different_data,
+    )
     print(comparison.to_markdown().rstrip())
     if comparison.recommendation is not None:
         rec = comparison.recommendation
@@ -361,18 +442,28 @@ def run(args: argparse.Namespace) -> int:
             f"expects CHECKPOINT DATA or EMBEDDINGS, got {len(args.inputs)} paths",
             "see diagnose --help",
         )
-    from embscope.cli.ci import load_report, parse_fail_on, parse_metric_names
+    from embscope.cli.ci import load_report, parse_fail_on, parse_gate, parse_metric_names
     from embscope.cli.output import check_out_dir
 
     # Everything that can be checked cheaply is checked before the model runs.
     check_out_dir(out, force=args.force)
     rules = parse_fail_on(args.fail_on) if args.fail_on is not None else []
-    if args.metrics is not None and args.baseline is None:
-        raise UsageError(
-            "--metrics", "applies only with --baseline", "add --baseline REPORT.json or remove it"
-        )
+    for flag, value in (
+        ("--metrics", args.metrics),
+        ("--gate", args.gate),
+        ("--allow-different-data", args.allow_different_data or None),
+    ):
+        if value is not None and args.baseline is None:
+            raise UsageError(
+                flag, "applies only with --baseline", "add --baseline REPORT.json or remove it"
+            )
     metrics = parse_metric_names(args.metrics) if args.metrics is not None else None
-    baseline = load_report(args.baseline, "--baseline") if args.baseline is not None else None
+    args.gate_metrics = parse_gate(args.gate) if args.gate is not None else None
+    baseline = (
+        [load_report(path, "--baseline") for path in args.baseline]
+        if args.baseline is not None
+        else None
+    )
 
     if len(args.inputs) == 1:
         report, notes = _diagnose_embeddings(args)
@@ -616,7 +707,7 @@ def _finish(
     baseline: Any,
     metrics: list[str] | None,
 ) -> int:
-    from embscope.cli.ci import broken_rules
+    from embscope.cli.ci import broken_rules, rule_values, tolerance_text, tolerance_value
     from embscope.cli.distributed import main_rank_report
     from embscope.cli.output import summary_text, write_report
 
@@ -624,25 +715,34 @@ def _finish(
     if report is None:  # --distributed: rank 0 writes and prints
         return 0
     regressions = []
+    tolerance = tolerance_value(args.tolerance)
     if baseline is not None:
         from embscope.cli.ci import regressions as find_regressions
 
         regressions = find_regressions(
             report,
             baseline,
-            baseline_path=args.baseline,
-            tolerance=args.tolerance,
+            baseline_path=list(args.baseline),
+            tolerance=tolerance,
             metrics=metrics,
+            gate=getattr(args, "gate_metrics", None),
+            allow_different_data=args.allow_different_data,
         )
-    failures = broken_rules(rules, report.metrics) if rules else []
+    failures = broken_rules(rules, rule_values(report)) if rules else []
     files = write_report(report, out, force=args.force)
     lines = [summary_text(report, files=files, notes=notes)]
     if baseline is not None:
+        against = (
+            args.baseline[0]
+            if len(args.baseline) == 1
+            else f"{len(args.baseline)} baselines ({', '.join(args.baseline)})"
+        )
+        tol = tolerance_text(tolerance)
         if regressions:
-            lines.append(f"\nregressions against {args.baseline} (tolerance {args.tolerance:g}):")
+            lines.append(f"\nregressions against {against} (tolerance {tol}):")
             lines += [f"  {regression}" for regression in regressions]
         else:
-            lines.append(f"\nno regression against {args.baseline} (tolerance {args.tolerance:g})")
+            lines.append(f"\nno regression against {against} (tolerance {tol})")
     if failures:
         lines.append("\n--fail-on:")
         lines += [f"  {line}" for line in failures]

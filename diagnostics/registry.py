@@ -1,8 +1,9 @@
 """Every metric a report can hold, described once.
 
 One record per metric (or family of metrics, by pattern): its direction, range, group, whether
-it is a headline metric (the summary and the report's key metrics), whether ``compare`` and the
-regression gate use it, whether it is computed on a bounded subset of the reservoir, a one-line
+it is a headline metric (the summary and the report's key metrics), whether it is a scale-free
+quality metric (``compared``), whether the regression gate and ``compare``'s verdict judge it by
+default (``gated``), whether it is computed on a bounded subset of the reservoir, a one-line
 meaning, and the independent reference the tests check it against. ``direction()``, the
 summary, ``compare``, the gate and the renderers read this table; a test checks the README's
 metric table against it.
@@ -27,7 +28,8 @@ class MetricInfo:
     meaning: str
     oracle: str = ""
     headline: bool = False
-    compared: bool = False  # scale-free quality metrics that compare() and the gate judge
+    compared: bool = False  # scale-free quality metrics (the summary's comparison counts)
+    gated: bool = False  # judged by default by the regression gate and compare's verdict
     subset: str | None = None  # "pair" / "retrieval": computed on that bounded reservoir subset
 
     def matches(self, name: str) -> bool:
@@ -54,6 +56,7 @@ METRICS: tuple[MetricInfo, ...] = (
         "scikit-learn accuracy_score",
         headline=True,
         compared=True,
+        gated=True,
     ),
     _m(
         "f1",
@@ -64,6 +67,7 @@ METRICS: tuple[MetricInfo, ...] = (
         "scikit-learn f1_score",
         headline=True,
         compared=True,
+        gated=True,
     ),
     _m(
         "macro_f1",
@@ -74,6 +78,7 @@ METRICS: tuple[MetricInfo, ...] = (
         "scikit-learn f1_score(average='macro')",
         headline=True,
         compared=True,
+        gated=True,
     ),
     # score separation
     _m(
@@ -85,6 +90,7 @@ METRICS: tuple[MetricInfo, ...] = (
         "scipy.stats.ks_2samp",
         headline=True,
         compared=True,
+        gated=True,
     ),
     _m(
         "score_hellinger",
@@ -95,6 +101,7 @@ METRICS: tuple[MetricInfo, ...] = (
         "hand-derived",
         headline=True,
         compared=True,
+        gated=True,
     ),
     _m(
         "score_fisher",
@@ -114,6 +121,7 @@ METRICS: tuple[MetricInfo, ...] = (
         "scikit-learn calinski_harabasz_score",
         headline=True,
         compared=True,
+        gated=True,
     ),
     _m(
         "intra_mean",
@@ -168,6 +176,7 @@ METRICS: tuple[MetricInfo, ...] = (
         "scikit-learn roc_curve",
         headline=True,
         compared=True,
+        gated=True,
         subset="pair",
     ),
     _m(
@@ -188,6 +197,7 @@ METRICS: tuple[MetricInfo, ...] = (
         "scikit-learn roc_curve",
         headline=True,
         compared=True,
+        gated=True,
         subset="pair",
     ),
     _m(
@@ -218,6 +228,7 @@ METRICS: tuple[MetricInfo, ...] = (
         "pytorch-metric-learning AccuracyCalculator",
         headline=True,
         compared=True,
+        gated=True,
         subset="retrieval",
     ),
     _m(
@@ -238,6 +249,7 @@ METRICS: tuple[MetricInfo, ...] = (
         "pytorch-metric-learning AccuracyCalculator",
         headline=True,
         compared=True,
+        gated=True,
         subset="retrieval",
     ),
     # logits
@@ -334,6 +346,7 @@ METRICS: tuple[MetricInfo, ...] = (
         "[0, 1]",
         "top-label expected calibration error, 15 bins",
         "torchmetrics MulticlassCalibrationError(norm='l1')",
+        gated=True,
     ),
     _m(
         "mce",
@@ -343,7 +356,7 @@ METRICS: tuple[MetricInfo, ...] = (
         "top-label maximum calibration error, 15 bins",
         "torchmetrics MulticlassCalibrationError(norm='max')",
     ),
-    _m("brier", "calibration", "lower", "[0, 2]", "Brier score", "brute force"),
+    _m("brier", "calibration", "lower", "[0, 2]", "Brier score", "brute force", gated=True),
     _m(
         "nll",
         "calibration",
@@ -351,6 +364,7 @@ METRICS: tuple[MetricInfo, ...] = (
         "[0, inf)",
         "mean negative log-likelihood",
         "scikit-learn log_loss",
+        gated=True,
     ),
     _m(
         "fitted_temperature",
@@ -493,8 +507,22 @@ def headline_keys() -> tuple[str, ...]:
 
 
 def compared_keys() -> tuple[str, ...]:
-    """Keys ``compare`` and the regression gate judge by default."""
+    """Keys of the scale-free quality metrics (``compared``)."""
     return _plain(m.key for m in METRICS if m.compared)
+
+
+def gated_keys() -> tuple[str, ...]:
+    """Keys the regression gate and ``compare``'s verdict judge by default: the task (accuracy,
+    F1), score separation (KS, Hellinger), the embeddings' Fisher ratio, verification (pair KS,
+    EER), retrieval (recall@1, MAP@R) and calibration (ECE, Brier, NLL)."""
+    return _plain(m.key for m in METRICS if m.gated)
+
+
+def is_count(name: str) -> bool:
+    """Whether metric ``name`` counts samples (``*_count`` with a direction): the gate judges it
+    as a rate, count / n."""
+    m = info(name)
+    return m is not None and m.direction is not None and name.endswith("_count")
 
 
 def subset_of(name: str) -> str | None:
