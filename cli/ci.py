@@ -133,22 +133,28 @@ def tolerance_items(text: str) -> list[tuple[str | None, float]]:
 
 
 def tolerance_value(
-    given: list[list[tuple[str | None, float]]] | None, default: float = 0.02
-) -> float | dict[str, float]:
-    """The tolerance of every ``--tolerance`` given (later ones win): a float when only a global
-    number is given, else a dict of metric -> tolerance with the global one under ``"*"``."""
-    glob, per = default, {}
+    given: list[list[tuple[str | None, float]]] | None,
+) -> float | dict[str, float] | None:
+    """The tolerance of every ``--tolerance`` given (later ones win): None when none is given
+    (each metric's default), a float when only a global number is, else a dict of metric ->
+    tolerance (the global one under ``"*"`` when given)."""
+    glob, per = None, {}
     for items in given or []:
         for name, value in items:
             if name is None:
                 glob = value
             else:
                 per[name] = value
-    return {"*": glob, **per} if per else glob
+    if not per:
+        return glob
+    return {"*": glob, **per} if glob is not None else per
 
 
-def tolerance_text(tolerance: float | dict[str, float]) -> str:
-    """``0.02`` or ``0.02, f1=0.01``."""
+def tolerance_text(tolerance: float | dict[str, float] | None) -> str:
+    """``0.02`` (the global one; metrics with their own default show it on their line) or
+    ``0.02, f1=0.01``."""
+    if tolerance is None:
+        return "0.02"
     if not isinstance(tolerance, dict):
         return f"{tolerance:g}"
     rest = [f"{k}={v:g}" for k, v in tolerance.items() if k != "*"]
@@ -203,7 +209,7 @@ def regressions(
     baseline: Any,
     *,
     baseline_path: str | Path | list,
-    tolerance: float | dict[str, float],
+    tolerance: float | dict[str, float] | None,
     metrics: list[str] | None,
     gate: list[str] | None = None,
     allow_different_data: bool = False,
@@ -250,7 +256,7 @@ def compare_reports(
     *,
     paths: tuple[Any, str],
     metrics: list[str] | None,
-    tolerance: float | dict[str, float] = 0.02,
+    tolerance: float | dict[str, float] | None = None,
     gate: list[str] | None = None,
     allow_different_data: bool = False,
 ) -> Any:

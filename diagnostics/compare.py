@@ -10,11 +10,14 @@ tolerance AND exceeds z standard errors of the difference (z = 1.96 at the 95% l
   same draws), which is far more sensitive than comparing two intervals;
 - otherwise from the two reports' intervals (each side's half-width towards the other, over z);
 - against several baselines (the same recipe trained with other seeds), from the baselines'
-  spread, sd^2 (1 + 1/k), plus the evaluation noise of the new report's interval;
+  spread: a prediction interval of a new run, t_{k-1} sd sqrt(1 + 1/k) (Student's t with k - 1
+  degrees of freedom, for sd is estimated from k runs), plus the new report's evaluation noise;
 - a report without intervals (older reports, hand-built ones) adds no uncertainty: the
   tolerance alone decides, as before intervals existed.
 
-Count metrics (``*_count``) are judged as rates, count / n. A metric finite in the baseline and
+Tolerances are absolute within [-1, 1] and relative beyond; a metric without one given gets
+its registry default (wider where seeds of one recipe spread wider, e.g. score_ks 0.05, ECE
+0.03), else 0.02. Count metrics (``*_count``) are judged as rates, count / n. A metric finite in the baseline and
 undefined (nan) now is worse. Better is the mirror image. By default the gate and ``compare``'s
 verdict judge the registry's gated metrics (`registry.gated_keys`): the task, score
 separation, the Fisher ratio, verification, retrieval and calibration.
@@ -28,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.stats import t as student_t
 
 from .intervals import (
     LEVEL,
@@ -39,7 +43,7 @@ from .intervals import (
     score_replicates,
     z_value,
 )
-from .registry import compared_keys, gated_keys, info, is_count
+from .registry import compared_keys, gate_tolerance, gated_keys, info, is_count
 from .report import Recommendation, Report, direction
 
 NAN = float("nan")
@@ -267,15 +271,28 @@ def _require_metrics(names: Iterable[str], available, side: str) -> None:
 
 
 def tolerance_for(name: str, base: float, tolerance) -> float:
-    """The tolerance of metric ``name`` at baseline value ``base``: ``tolerance`` a number, or
-    a dict of metric -> number (key ``"*"`` for the rest; default 0.02); absolute for values
-    in [-1, 1], relative to |base| beyond."""
-    tol = (
-        tolerance.get(name, tolerance.get("*", DEFAULT_TOLERANCE))
-        if isinstance(tolerance, dict)
-        else tolerance
-    )
+    """The tolerance of metric ``name`` at baseline value ``base``; absolute for values in
+    [-1, 1], relative to |base| beyond.
+
+    ``tolerance``: a number (every metric), a dict of metric -> number (key ``"*"`` for the
+    rest), or None. A metric it does not name gets its default from the registry
+    (`registry.gate_tolerance`: wider for metrics whose seed-to-seed spread is wider, e.g.
+    score_ks 0.05), else ``DEFAULT_TOLERANCE`` (0.02).
+    """
+    if isinstance(tolerance, dict):
+        tol = tolerance.get(name, tolerance.get("*"))
+    else:
+        tol = tolerance
+    if tol is None:
+        tol = gate_tolerance(name)
+    tol = DEFAULT_TOLERANCE if tol is None else tol
     return float(tol) * max(1.0, abs(base)) if _finite(base) else float(tol)
+
+
+def _uniform(tolerance, metrics) -> object:
+    """Named metrics (``metrics=``, reports of other kinds compared anyway) are judged with one
+    tolerance: the one given, else the global default."""
+    return DEFAULT_TOLERANCE if tolerance is None and metrics is not None else tolerance
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,10 +399,14 @@ def decide(
     if paired_se is not None and _finite(paired_se):
         se, test = paired_se, paired_how
     elif len(values) > 1:
+        # a new run of the recipe lies within t sd sqrt(1 + 1/k) of the baselines' mean (a
+        # prediction interval, t with k - 1 degrees of freedom), B's evaluation noise added
+        k = len(values)
         spread = float(np.std(values, ddof=1))
         se_b = _side_se(b_interval, b, a, z)
-        se = math.sqrt(spread**2 * (1 + 1 / len(values)) + (se_b if _finite(se_b) else 0.0) ** 2)
-        test = f"spread of {len(values)} baselines (sd {spread:.3g}) and B's interval"
+        t = float(student_t.ppf(0.5 + level / 2, k - 1))
+        se = math.sqrt((t / z * spread) ** 2 * (1 + 1 / k) + (se_b if _finite(se_b) else 0.0) ** 2)
+        test = f"spread of {k} baselines (sd {spread:.3g}, t {t:.3g}) and B's interval"
     else:
         se_a = _side_se(a_iv, a, b, z)
         se_b = _side_se(b_interval, b, a, z)
@@ -758,6 +779,7 @@ def compare(
     unless ``allow_different_data`` or ``metrics``.
     """
     baselines = _baselines(report_a)
+    tolerance = _uniform(tolerance, metrics)
     chosen = _checked(baselines, report_b, metrics, False, allow_different_data)
     common = set(report_b.metrics).intersection(*(set(b.metrics) for b in baselines))
     omitted = (
@@ -833,6 +855,8 @@ def _raw_interval(report: Report, name: str) -> tuple | None:
 
 
 def _tol_text(tolerance) -> str:
+    if tolerance is None:
+        return "per metric"
     if isinstance(tolerance, dict):
         return ", ".join(f"{k}={v:g}" for k, v in tolerance.items())
     return f"{tolerance:g}"
@@ -885,7 +909,7 @@ def _regression(d: Decision) -> Regression:
 def check_regression(
     report: Report,
     baseline,
-    tolerance=DEFAULT_TOLERANCE,
+    tolerance=None,
     *,
     metrics: Sequence[str] | None = None,
     gate: Sequence[str] | None = None,
@@ -895,9 +919,10 @@ def check_regression(
     """Metrics of ``report`` worse than ``baseline`` (a report, or several: the same recipe
     with other seeds), judged by `decide`: beyond the tolerance and significant.
 
-    tolerance: a float, or a dict of metric -> float (key "*" for the rest). It is absolute for
-    metrics whose baseline lies in [-1, 1] and relative to |baseline| beyond. Counts are judged
-    as rates. A metric that was finite in the baseline and is nan now counts as a regression.
+    tolerance: None (each metric's default: `registry.gate_tolerance`, else 0.02), a float (every
+    metric), or a dict of metric -> float (key "*" for the rest; others their default). It is
+    absolute for metrics whose baseline lies in [-1, 1] and relative to |baseline| beyond; named
+    ``metrics`` get 0.02 when None. Counts are judged as rates. A metric that was finite in the baseline and is nan now counts as a regression.
     The metrics judged: ``metrics`` (named: each must be in both reports and have a direction,
     ValueError otherwise), else ``gate``, else the registry's gated metrics.
 
@@ -906,6 +931,7 @@ def check_regression(
     raises `DifferentData` unless ``allow_different_data``.
     """
     baselines = _baselines(baseline)
+    tolerance = _uniform(tolerance, metrics)
     chosen = _checked(baselines, report, metrics, True, allow_different_data)
     if chosen is not None:
         undirected = [name for name in chosen if direction(name) is None]

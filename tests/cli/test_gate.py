@@ -69,13 +69,15 @@ def test_the_same_recipe_passes_and_a_worse_model_fails(runs, tmp_path: Path, ca
 
 
 def test_gate_and_per_metric_tolerance(runs, tmp_path: Path, capsys) -> None:
-    argv = [runs["worse_npz"], "--baseline", runs["a1"], "--gate", "nll", "--out", tmp_path / "o"]
-    assert run(*argv) == 1
+    argv = [runs["worse_npz"], "--baseline", runs["a1"], "--gate", "accuracy,fisher_ratio"]
+    assert run(*argv, "--out", tmp_path / "o") == 1
     section = capsys.readouterr().out.split("regressions against", 1)[1]
-    assert [line.split(":")[0].strip() for line in section.splitlines()[1:] if line] == ["nll"]
-    argv += ["--force", "--tolerance", "0.02", "--tolerance", "nll=5"]
-    assert run(*argv) == 0
-    assert "(tolerance 0.02, nll=5)" in capsys.readouterr().out
+    assert [line.split(":")[0].strip() for line in section.splitlines()[1:] if line] == ["accuracy"]
+    assert (
+        run(*argv, "--tolerance", "0.02", "--tolerance", "accuracy=0.5", "--out", tmp_path / "p")
+        == 0
+    )
+    assert "(tolerance 0.02, accuracy=0.5)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
