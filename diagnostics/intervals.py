@@ -52,9 +52,11 @@ from .state import HIST_BINS_FINE
 NAN = float("nan")
 LEVEL = 0.95
 REPLICATES = 200  # bootstrap replicates of per-sample metrics
-POOL_ROWS = 10_000  # per-sample bootstraps resample at most this many samples
+POOL_ROWS = 6_000  # per-sample bootstraps resample at most this many samples
 GEOMETRY_REPLICATES = 100  # bootstrap replicates over the reservoir's rows (x D each)
-PAIR_ROWS = 256  # pair metrics: rows resampled (their 32,640 pairs weighted per replicate)
+GEOMETRY_ROWS = 4_000  # ... of at most this many of them (a uniform sample: the first by key)
+PAIR_ROWS = 200  # pair metrics: rows resampled (their 19,900 pairs weighted per replicate;
+# up to twice as many rows while they hold under the 10,000 impostor pairs of FAR 1e-4)
 PAIR_REPLICATES = 100
 NC1_ROWS = 2_000  # NC1's per-row spread is measured on at most this many reservoir rows
 HIST_CELLS = 40_000_000  # multinomial histogram bootstraps: replicates x classes x bins
@@ -119,7 +121,7 @@ class _Intervals:
         if not (isinstance(se, float) or isinstance(se, (int, np.floating))) or not math.isfinite(
             se
         ):
-            self.none(name, f"no interval: {method} gave no finite standard error")
+            self.none(name, f"none: {method} gave no finite standard error")
             return
         v = float(self.metrics[name])
         lo, hi = metric_range(name)
@@ -410,8 +412,7 @@ def _calibration(d, out: _Intervals, s: dict, labels: np.ndarray, pool: tuple) -
             for key in ("brier", "nll"):
                 out.none(
                     key,
-                    "no interval: the per-sample values come from the reservoir, "
-                    "and reservoir_size is 0",
+                    "none: the per-sample values come from the reservoir, and reservoir_size is 0",
                 )
         else:
             z = res.extra.double()
@@ -516,11 +517,9 @@ def _geometry(d, out: _Intervals) -> None:
     res = d.reservoir
     if len(res) < 2:
         for key in names:
-            out.none(
-                key, "no interval: it is bootstrapped over the reservoir, and reservoir_size is 0"
-            )
+            out.none(key, "none: it is bootstrapped over the reservoir, and reservoir_size is 0")
         return
-    order = torch.argsort(res.keys)
+    order = torch.argsort(res.keys)[:GEOMETRY_ROWS]
     x = res.rows[order].double()
     y = res.labels[order].numpy()
     m = len(y)
@@ -564,7 +563,7 @@ def _geometry(d, out: _Intervals) -> None:
         inter = (np.sum(q_c * (m - n_c), 1) - (tot2 - s_norm2.sum(1))) * half / inter_pairs
         ratio = intra / inter
     scale = math.sqrt(m / n)
-    method = f"bootstrap ({reps}, stratified by class) over the reservoir's {m} rows" + (
+    method = f"bootstrap ({reps}, stratified by class) over {m} of the reservoir's rows" + (
         f", scaled to N = {int(n)}" if m < n else ""
     )
     for name, v in zip(names, (fisher, intra, inter, ratio), strict=True):
@@ -643,6 +642,8 @@ def _pairs(d, out: _Intervals, x: torch.Tensor, y: torch.Tensor, n: float) -> No
         return
     used = len(y)
     m = min(PAIR_ROWS, used)
+    while m < min(used, 2 * PAIR_ROWS) and _impostor_pairs(y[:m]) < 10_000:  # TAR at FAR 1e-4
+        m = min(used, 2 * PAIR_ROWS, m + m // 4)
     xs = torch.nn.functional.normalize(x[:m].float(), dim=1)
     ys = y[:m].numpy()
     i, j = np.triu_indices(m, 1)
@@ -650,9 +651,7 @@ def _pairs(d, out: _Intervals, x: torch.Tensor, y: torch.Tensor, n: float) -> No
     gen = ys[i] == ys[j]
     if gen.all() or not gen.any():
         for key in names:
-            out.none(
-                key, "no interval: the bootstrap subset lacks same-class or different-class pairs"
-            )
+            out.none(key, "none: the bootstrap subset lacks same-class or different-class pairs")
         return
     order = np.argsort(-sim, kind="stable")
     sim, gen, i, j = sim[order], gen[order], i[order], j[order]
@@ -673,11 +672,16 @@ def _pairs(d, out: _Intervals, x: torch.Tensor, y: torch.Tensor, n: float) -> No
         if values[key] is None:
             out.none(
                 key,
-                "no interval: the bootstrap subset has too few impostor pairs for "
-                "this false accept rate",
+                "none: the bootstrap subset has too few impostor pairs for this false accept rate",
             )
         else:
             out.normal(key, _sd(np.asarray(values[key])) * scale, method)
+
+
+def _impostor_pairs(y: torch.Tensor) -> int:
+    counts = torch.bincount(y).double()
+    n = float(counts.sum())
+    return int((n * n - float((counts * counts).sum())) / 2)
 
 
 def _pair_replicates(d, values: dict, w, i, j, gen, hb, fars: dict) -> None:

@@ -75,7 +75,7 @@ def test_every_metric_has_an_interval_or_says_why(k: int) -> None:
         assert name in r.intervals
     assert r.interval_methods["accuracy"].startswith("Wilson")
     assert "sampl" in r.interval_methods["pair_ks"]  # on 300 of the 600 rows: it says so
-    assert "scaled to N = 600" in r.interval_methods["fisher_ratio"]
+    assert "scaled to N = 600" in r.interval_methods["fisher_ratio"]  # 400 reservoir rows
 
 
 @given(
