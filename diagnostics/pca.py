@@ -47,7 +47,7 @@ def pca_view(x: torch.Tensor, y: torch.Tensor, values, seed: int, limit: int = 2
 
 
 def _top_directions(centred: torch.Tensor, k: int) -> torch.Tensor:
-    """The k leading principal directions [k, D] of centred rows [N, D], float64.
+    """The k leading principal directions [k, D] of centred rows C [N, D], float64.
 
     Works on the smaller of the two matrices that share the nonzero spectrum: the N x N Gram
     C C^T when N <= D (its eigenvector u gives the direction C^T u / |C^T u|), else the D x D
@@ -55,32 +55,44 @@ def _top_directions(centred: torch.Tensor, k: int) -> torch.Tensor:
     a D x D matrix when D > N.
     """
     n, d = centred.shape
-    if n <= d:
-        u = _leading_eigenvectors(centred @ centred.T, k)  # [N, k]
-        v = centred.T @ u
-        # a zero-variance axis has C^T u = 0: leave it 0 (its coordinates are 0 either way)
-        v = v / torch.linalg.vector_norm(v, dim=0).clamp_min(torch.finfo(v.dtype).tiny)
-    else:
-        v = _leading_eigenvectors(centred.T @ centred, k)  # [D, k]
+    if n > d:
+        return _leading_eigenvectors(centred, k, gram=False).T
+    u = _leading_eigenvectors(centred, k, gram=True)  # [N, k]
+    v = centred.T @ u
+    # a zero-variance axis has C^T u = 0: leave it 0 (its coordinates are 0 either way)
+    v = v / torch.linalg.vector_norm(v, dim=0).clamp_min(torch.finfo(v.dtype).tiny)
     return v.T
 
 
-def _leading_eigenvectors(a: torch.Tensor, k: int) -> torch.Tensor:
-    """Eigenvectors [m, k] of the k largest eigenvalues of the symmetric m x m ``a``, largest
-    first, on one thread (see ``metrics.one_thread``).
+def _leading_eigenvectors(c: torch.Tensor, k: int, gram: bool) -> torch.Tensor:
+    """Eigenvectors [m, k] of the k largest eigenvalues of C C^T (``gram``, m = N) or of
+    C^T C (m = D), largest first; the eigensolver runs on one thread (see
+    ``_threads.one_thread``).
 
-    Up to ``_SUBSET_FROM`` rows torch's full ``eigh``; beyond, LAPACK's ``syevr`` on the
-    requested index range, which skips the other m - k eigenvectors (worth importing
-    scipy.linalg only for large m).
+    Up to ``_SUBSET_FROM`` rows the product and torch's full ``eigh``; beyond, BLAS ``syrk``
+    (one triangle: half a general product's work) and LAPACK's ``syevr`` on the requested
+    index range, which skips the other m - k eigenvectors (worth importing scipy.linalg only
+    for large m).
     """
-    m = a.shape[0]
+    m = min(c.shape)
     if m <= _SUBSET_FROM:
+        a = c @ c.T if gram else c.T @ c
         with one_thread():
             _, vecs = torch.linalg.eigh(a)
         return vecs[:, -k:].flip(1)
     from scipy.linalg import eigh
+    from scipy.linalg.blas import dsyrk
     from threadpoolctl import threadpool_limits
 
+    # c.T as a Fortran-ordered [D, N] view (no copy); trans=1 gives C C^T, trans=0 C^T C
+    upper = dsyrk(1.0, c.numpy().T, trans=1 if gram else 0)
     with threadpool_limits(limits=1, user_api="blas"):
-        _, vecs = eigh(a.numpy(), subset_by_index=[m - k, m - 1], driver="evr", overwrite_a=True)
+        _, vecs = eigh(
+            upper,
+            lower=False,
+            subset_by_index=[m - k, m - 1],
+            driver="evr",
+            overwrite_a=True,
+            check_finite=False,
+        )
     return torch.from_numpy(np.ascontiguousarray(vecs[:, ::-1]))
