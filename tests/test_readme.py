@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,9 @@ def test_readme_bash_blocks_hold_only_runnable_commands():
 def test_every_readme_command_runs_as_written(tmp_path):
     # a copy of what a clone holds that the commands read (examples/), run from its root
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    # the commands run in the environment the tests run in (the venv's python and diagnose)
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     ran = 0
     for block in _bash_blocks():
         for command in _commands(block):
