@@ -38,6 +38,7 @@ from .intervals import (
     POOL_ROWS,
     REPLICATES,
     _pool,
+    _value_keys,
     _weights,
     calibration_replicates,
     score_replicates,
@@ -543,9 +544,9 @@ def paired_standard_errors(
         return {}
     labels = sa["label"].astype(np.int64)
     n = len(labels)
-    rng = np.random.default_rng(PAIRED_SEED)
-    idx = _pool(labels, POOL_ROWS, rng)
-    w = _weights(labels[idx], REPLICATES, rng)
+    columns = [labels, sa["margin"], sb["margin"], sa["top_prob"], sb["top_prob"]]
+    idx = _pool(labels, POOL_ROWS, _value_keys(columns, PAIRED_SEED, "pool"))
+    w = _weights(labels[idx], REPLICATES, np.random.default_rng(PAIRED_SEED))
     binary_a = _binary(report_a, sa)
     binary_b = _binary(report_b, sb)
     va = _sample_metrics({k: v[idx] for k, v in sa.items()}, w, binary_a)

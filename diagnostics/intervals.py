@@ -156,19 +156,45 @@ def _rng(seed: int, group: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, _SEEDS[group]])
 
 
-def _pool(labels: np.ndarray, max_rows: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of at most ``max_rows`` samples, drawn per class in proportion (every class keeps
-    at least one), without replacement; all of them when there are few enough."""
+def _pool(labels: np.ndarray, max_rows: int, keys: np.ndarray) -> np.ndarray:
+    """Indices of about ``max_rows`` samples, each class in proportion (and at least one of
+    every class): those whose pseudo-random ``keys`` (uint64, a hash of their values) fall
+    under max_rows / n of the key range; all of them when there are few enough. In the order
+    of (label, key): which rows are drawn and in which order depends on their values only,
+    not on the order they arrived in."""
     n = len(labels)
-    if n <= max_rows:
-        return np.arange(n)
-    _, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    take = np.minimum(counts, np.maximum(1, np.floor(counts * max_rows / n))).astype(np.int64)
-    perm = rng.permutation(n)
-    order = perm[np.argsort(codes[perm], kind="stable")]
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.arange(n) - starts[codes[order]]
-    return np.sort(order[rank < take[codes[order]]])
+    if n > max_rows:
+        cut = np.uint64(min(2**64 - 1, int(2**64 * max_rows / n)))
+        chosen = keys < cut
+        _, codes = np.unique(labels, return_inverse=True)
+        lowest = np.full(codes.max() + 1, np.iinfo(np.uint64).max, dtype=np.uint64)
+        np.minimum.at(lowest, codes, keys)
+        chosen |= keys == lowest[codes]  # every class keeps its lowest-key row
+        idx = np.flatnonzero(chosen)
+    else:
+        idx = np.arange(n)
+    return idx[np.lexsort((keys[idx], labels[idx]))]
+
+
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 (wrapping arithmetic)."""
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def _value_keys(columns: list[np.ndarray], seed: int, group: str) -> np.ndarray:
+    """A uint64 hash of each row's values (and of the seed and the group): equal rows get
+    equal keys, whatever their position."""
+    h = np.full(len(columns[0]), (int(seed) * 1_000_003 + _SEEDS[group]) & (2**64 - 1), np.uint64)
+    with np.errstate(over="ignore"):
+        for column in columns:
+            bits = np.ascontiguousarray(column, dtype=np.float64).view(np.uint64)
+            h = _mix(h ^ bits)
+    return h
 
 
 def _weights(strata: np.ndarray, reps: int, rng: np.random.Generator) -> np.ndarray:
@@ -216,10 +242,11 @@ def with_intervals(report, d, level: float = LEVEL):
     labels = torch.cat(d.samples["label"]).numpy() if d.samples["label"] else np.zeros(0, int)
     if d.num_columns is not None:
         s = {k: torch.cat(v).numpy() for k, v in d.samples.items() if v}
-        rng = _rng(d.seed, "pool")
-        idx = _pool(labels, POOL_ROWS, rng)
-        pool = (idx, _weights(labels[idx], REPLICATES, rng))
-        _task(d, out, labels)
+        columns = [labels, *(s[k] for k in ("pred", "margin", "top_prob", "gray") if k in s)]
+        keys = _value_keys(columns, d.seed, "pool")
+        idx = _pool(labels, POOL_ROWS, keys)
+        pool = (idx, _weights(labels[idx], REPLICATES, _rng(d.seed, "pool")))
+        _task(d, out, labels, s["pred"], pool)
         _per_sample(d, out, s, labels, pool)
         _calibration(d, out, s, labels, pool)
         if d.num_columns > 2:
@@ -246,7 +273,7 @@ def with_intervals(report, d, level: float = LEVEL):
 # ----------------------------------------------------------------------------------------------
 
 
-def _task(d, out: _Intervals, labels: np.ndarray) -> None:
+def _task(d, out: _Intervals, labels: np.ndarray, pred: np.ndarray, pool: tuple) -> None:
     cm = d.confusion.numpy()
     n = cm.sum()
     out.wilson("accuracy", np.trace(cm), n, "Wilson (correct predictions over samples)")
@@ -262,14 +289,12 @@ def _task(d, out: _Intervals, labels: np.ndarray) -> None:
         reps = rng.multinomial(rows.astype(np.int64), p, size=(REPLICATES, k)).astype(np.float64)
         method = _boot(REPLICATES, int(n), int(n), "samples") + " of the (label, prediction) pairs"
     else:  # many classes: resample (label, prediction) pairs of a pool
-        pred = torch.cat(d.samples["pred"]).numpy()
-        idx = _pool(labels, POOL_ROWS, rng)
-        w = _weights(labels[idx], 100, rng)
+        idx, w = pool
         cell = labels[idx] * k + pred[idx]
         reps = np.stack([np.bincount(cell, weights=wr, minlength=k * k) for wr in w]).reshape(
             -1, k, k
         )
-        method = _boot(100, len(idx), int(n)) + " of the (label, prediction) pairs"
+        method = _boot(len(w), len(idx), int(n)) + " of the (label, prediction) pairs"
     scale = math.sqrt(reps[0].sum() / n)
     tp = np.diagonal(reps, axis1=1, axis2=2)
     denom = 2 * tp + (reps.sum(1) - tp) + (reps.sum(2) - tp)

@@ -68,9 +68,9 @@ def test_every_metric_has_an_interval_or_says_why(k: int) -> None:
         n for n in r.metrics if n not in r.intervals and "descriptive" not in r.interval_methods[n]
     }
     # without an interval and not descriptive: only flags, head facts and undefined values
-    assert all(
-        n.startswith("head.") or not math.isfinite(r.metrics[n]) for n in undescribed
-    ), undescribed
+    assert all(n.startswith("head.") or not math.isfinite(r.metrics[n]) for n in undescribed), (
+        undescribed
+    )
     for name in ("accuracy", "macro_f1", "score_ks", "ece", "brier", "nll", "fisher_ratio"):
         assert name in r.intervals
     assert r.interval_methods["accuracy"].startswith("Wilson")
@@ -190,3 +190,13 @@ def test_the_fingerprint_ignores_the_order_of_the_samples() -> None:
     assert fp["ids_sha256"] == a["ids_sha256"] and fp["id_labels_sha256"] == a["id_labels_sha256"]
     assert fp["class_counts"] == a["class_counts"]
     assert fp["labels_sha256"] != a["labels_sha256"]  # the label vector in arrival order
+
+
+def test_permuting_the_samples_leaves_the_intervals_unchanged() -> None:
+    x, y, z = _data(7000, 3, seed=9)  # more than the bootstrap's pool of samples
+    a = diagnose(x, y, z, reservoir_size=300)
+    perm = torch.randperm(7000, generator=torch.Generator().manual_seed(1))
+    b = diagnose(x[perm], y[perm], z[perm], reservoir_size=300)
+    assert a.intervals.keys() == b.intervals.keys()
+    for name, (lo, hi) in a.intervals.items():
+        assert b.intervals[name] == pytest.approx([lo, hi], rel=1e-6, abs=1e-9), name
