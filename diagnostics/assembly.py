@@ -337,7 +337,7 @@ def _vectors(d, metrics, reasons, sampled, sections) -> None:
         reasons["centroid_confusion_count"] = "needs at least two classes"
     _pairs(d, x[: d.pair_rows], y[: d.pair_rows], metrics, reasons, sections)
     _retrieval(d, x[: d.retrieval_rows], y[: d.retrieval_rows], metrics, reasons)
-    sections["pca"] = pca_view(x, y, d._values, d.seed)
+    sections["pca"] = pca_view(x, y, d._values, d.seed, limit=d.pca_rows)
 
 
 def _pairs(d, x, y, metrics, reasons, sections) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ from .state import HIST_BINS_FINE, MAX_COLUMN_KEYS
 
 NAN = float("nan")
 SCHEMA = "embscope.report/1"
+_BUDGET_DIM = 1024  # beyond this D, default row counts shrink so rows^2 x D stays bounded
 NO_MAP = torch.zeros(0, dtype=torch.int64)  # merges of fields that are not per class slot
 
 
@@ -87,6 +89,10 @@ class Diagnoser:
         million pairs, computed by blocked products).
     retrieval_rows : retrieval metrics (recall_at_k, map_at_r) use the first
         ``retrieval_rows`` reservoir rows as queries and references (exact kNN among them).
+        By default (None) 2,000 pair rows and 5,000 retrieval rows up to D = 1,024, and fewer
+        beyond, in proportion to sqrt(1024 / D), so that their products (rows^2 x D) cost no
+        more than at D = 1,024; the report says on how many rows each metric was computed.
+        The 2-D PCA view uses at most 2,000 rows, bounded the same way.
     sync_on_compute : when torch.distributed is initialised, ``compute()`` reports on the
         states of all ranks of ``process_group`` (this object's own state is left as it is).
     process_group : the torch.distributed group to sync over (None: the default group).
@@ -104,8 +110,8 @@ class Diagnoser:
         head_info: dict | None = None,
         thresholds: dict | None = None,
         hard_k: int = 20,
-        pair_rows: int = 2_000,
-        retrieval_rows: int = 5_000,
+        pair_rows: int | None = None,
+        retrieval_rows: int | None = None,
         sync_on_compute: bool = True,
         process_group=None,
     ):
@@ -128,10 +134,9 @@ class Diagnoser:
         self.thresholds = dict(thresholds or {})
         self.hard_k = int(hard_k)
         for name, value in (("pair_rows", pair_rows), ("retrieval_rows", retrieval_rows)):
-            if not _is_int(value) or value < 2:
+            if value is not None and (not _is_int(value) or value < 2):
                 raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
-        self.pair_rows = int(pair_rows)
-        self.retrieval_rows = int(retrieval_rows)
+        self._rows = {"pair": pair_rows, "retrieval": retrieval_rows}
         self.sync_on_compute = bool(sync_on_compute)
         self.process_group = process_group
         self.reservoir = Reservoir(reservoir_size, seed)
@@ -169,6 +174,29 @@ class Diagnoser:
         self.num_columns: int | None = None  # logits: None (none seen), 1 (binary logit) or C
         self.synced = False  # True once sync() folded every rank in (see sync, compute)
         self.state: dict = S.empty(None)
+
+    @property
+    def pair_rows(self) -> int:
+        """Reservoir rows whose pairs the pair metrics use (see the class docstring)."""
+        return self._budget("pair", 2_000)
+
+    @property
+    def retrieval_rows(self) -> int:
+        """Reservoir rows the retrieval metrics use as queries and references."""
+        return self._budget("retrieval", 5_000)
+
+    @property
+    def pca_rows(self) -> int:
+        """Reservoir rows the 2-D PCA view projects."""
+        return self._budget("pca", 2_000)
+
+    def _budget(self, what: str, base: int) -> int:
+        given = self._rows.get(what)
+        if given is not None:
+            return int(given)
+        if self.dim is None or self.dim <= _BUDGET_DIM:
+            return base
+        return max(2, int(base * math.sqrt(_BUDGET_DIM / self.dim)))
 
     def _layout(self) -> S.Layout:
         return S.Layout(len(self._values), self.dim, self.num_columns)
