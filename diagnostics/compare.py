@@ -763,7 +763,7 @@ def compare(
     report_a,
     report_b: Report,
     *,
-    tolerance=0.01,
+    tolerance=None,
     metrics: Sequence[str] | None = None,
     gate: Sequence[str] | None = None,
     allow_different_data: bool = False,
@@ -773,8 +773,10 @@ def compare(
     several baselines A1..Ak (a sequence of reports: the same recipe with other seeds).
 
     Every metric is judged by `decide`; the verdict counts the gated metrics (``gate``, or the
-    registry's default), or the metrics named in ``metrics``. ``tolerance`` a number or a dict
-    of metric -> number (``"*"`` for the rest). Reports of other classes, logit widths or
+    registry's default), or the metrics named in ``metrics``. ``tolerance`` None (each
+    metric's default, as the gate: `check_regression` on the same pair and tolerance decides
+    the same), a number or a dict of metric -> number (``"*"`` for the rest). Reports of other
+    classes, logit widths or
     metric spaces (see `differences`) raise `IncomparableReports` unless ``metrics`` names the
     metrics to compare; reports on other data (see `data_differences`) raise `DifferentData`
     unless ``allow_different_data`` or ``metrics``.

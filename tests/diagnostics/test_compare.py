@@ -88,7 +88,8 @@ def report_pairs(draw):
                 intervals[name] = [max(0.0, v - lo), min(1.0, v + hi)]
         values["n"] = draw(st.integers(1, 10_000))
         reports.append(_report(values, intervals))
-    tolerance = draw(st.one_of(st.floats(0, 0.1), st.just({"*": 0.02, names[0]: 0.0})))
+    # None: each metric's default, the same in compare() and check_regression()
+    tolerance = draw(st.one_of(st.none(), st.floats(0, 0.1), st.just({"*": 0.02, names[0]: 0.0})))
     return reports[0], reports[1], tolerance
 
 
@@ -98,6 +99,9 @@ def test_compare_and_the_gate_agree_on_any_pair(pair) -> None:
     a, b, tolerance = pair
     regressions = check_regression(b, a, tolerance=tolerance)
     comparison = compare(a, b, tolerance=tolerance)
+    if tolerance is None:  # the defaults, not passed at all
+        assert compare(a, b).losses == comparison.losses
+        assert check_regression(b, a) == regressions
     assert {r.name for r in regressions} == set(comparison.losses)
     assert [r.name for r in comparison.regressions] == [r.name for r in regressions]
     assert (comparison.verdict == "a_better") == bool(regressions)
