@@ -38,7 +38,7 @@ DEFAULT_THRESHOLDS = {
     "fallback_fraction": 0.05,  # share of samples with theta + m > pi (ArcFace fallback)
     "max_scale": 64.0,
     "untrained_angle_gap": 15.0,  # degrees; two-class heads: see _untrained_evidence_holds
-    "compare_tolerance": 0.01,  # deltas smaller than this (absolute, or relative above 1) tie
+    "compare_tolerance": None,  # None: each metric's gate tolerance, as diagnose --baseline
 }
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
