@@ -17,6 +17,8 @@ from .calibration import NO_SCALE, TemperatureFit, _calibration_compute, _fit_te
 from .heads import head_health, head_provenance, provenance_reasons, stated_facts
 from .intervals import with_intervals
 from .pca import pca_view
+from .registry import PAIR_KEYS as _PAIR_KEYS
+from .registry import VECTOR_KEYS as _VECTOR_KEYS
 from .registry import subset_of
 from .report import Report
 from .scores import _ovr_from_rows, _ovr_separation
@@ -24,22 +26,6 @@ from .state import HIST_BINS_FINE, MAX_COLUMN_KEYS
 
 NAN = float("nan")
 MAX_PLOT_SERIES = 10  # per-class histograms in the report up to this many classes
-# the metrics that need the vectors (computed on the reservoir), and those over its pairs
-_VECTOR_KEYS = (
-    "nc1",
-    "centroid_confusion_count",
-    "pair_ks",
-    "pair_hellinger",
-    "eer",
-    "tar_at_far_1e-2",
-    "tar_at_far_1e-3",
-    "tar_at_far_1e-4",
-    "roc_auc",
-    "recall_at_1",
-    "recall_at_5",
-    "map_at_r",
-)
-_PAIR_KEYS = tuple(k for k in _VECTOR_KEYS if subset_of(k) == "pair")
 
 
 def assemble(d) -> Report:

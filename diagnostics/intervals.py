@@ -45,7 +45,7 @@ import torch
 
 from . import metrics as M
 from .calibration import N_BINS, bin_edges
-from .registry import info
+from .registry import PAIR_KEYS, info
 from .scores import _ovr_from_rows, _ovr_separation
 from .state import HIST_BINS_FINE
 
@@ -654,15 +654,7 @@ def _nc1(d, out: _Intervals, x: torch.Tensor, y: torch.Tensor, n: float) -> None
 def _pairs(d, out: _Intervals, x: torch.Tensor, y: torch.Tensor, n: float) -> None:
     """Resample ``PAIR_ROWS`` rows of the pair subset (stratified), weighting each pair by how
     often both its rows were drawn; the replicates' spread is scaled to the subset's size."""
-    names = (
-        "pair_ks",
-        "pair_hellinger",
-        "eer",
-        "tar_at_far_1e-2",
-        "tar_at_far_1e-3",
-        "tar_at_far_1e-4",
-        "roc_auc",
-    )
+    names = PAIR_KEYS
     if not any(out.has(k) for k in names):
         return
     used = len(y)

@@ -555,3 +555,21 @@ def subset_of(name: str) -> str | None:
     """ "pair" / "retrieval" for metrics computed on that bounded reservoir subset, else None."""
     m = info(name)
     return None if m is None else m.subset
+
+
+# the metrics that need the vectors (computed on the reservoir), and those over its pairs
+VECTOR_KEYS = (
+    "nc1",
+    "centroid_confusion_count",
+    "pair_ks",
+    "pair_hellinger",
+    "eer",
+    "tar_at_far_1e-2",
+    "tar_at_far_1e-3",
+    "tar_at_far_1e-4",
+    "roc_auc",
+    "recall_at_1",
+    "recall_at_5",
+    "map_at_r",
+)
+PAIR_KEYS = tuple(k for k in VECTOR_KEYS if subset_of(k) == "pair")
