@@ -90,6 +90,9 @@ def test_leaky_arcface_head_yields_fix_eval_margin(
 def test_two_class_arcface_with_s64_yields_decrease_scale(
     digits: Digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """s = 64 on two classes: no scale advice while the saturated outputs are right (the clean
+    scans, accuracy 1), decrease_scale once they are saturated beyond what the data supports
+    (the same scans with pixel noise: errors at P = 1)."""
     monkeypatch.chdir(digits.root)
     out = tmp_path / "arc64"
     assert (
@@ -102,10 +105,19 @@ def test_two_class_arcface_with_s64_yields_decrease_scale(
     assert metrics["head.num_classes"] == 2
     # The same head without the leak: the probe tells them apart.
     assert metrics["head.margin_leak"] == 0.0
-    decrease = actions(report)["decrease_scale"]
-    assert decrease["severity"] == "warning"
-    assert 0 < decrease["value"] < 64 / 2  # the rule fires when s exceeds twice the suggestion
     assert "fix_eval_margin" not in actions(report)
+    assert metrics["saturation_fraction"] > 0.9 and metrics["accuracy"] > 0.99
+    assert "decrease_scale" not in actions(report)
+    data = torch.load(digits.binary_x)
+    noise = torch.randn(data["x"].shape, generator=torch.Generator().manual_seed(0))
+    noisy = tmp_path / "noisy.pt"
+    torch.save({"x": data["x"] + 0.8 * noise, "y": data["y"]}, noisy)
+    out = tmp_path / "arc64_noisy"
+    assert run(digits.binary_s64, noisy, "--model", "digits_model:make_arc", "--out", out) == 0
+    decrease = actions(read(out))["decrease_scale"]
+    assert decrease["severity"] == "info"  # its track record: see docs/recommendations.md
+    assert 0 < decrease["value"] < 64 / 2
+    assert "track_record" in decrease["evidence"]
 
 
 def test_collapse_of_a_model_without_labels_points_at_the_head_not_the_margin(

@@ -209,22 +209,30 @@ def test_margin_leak_probe_and_fix_eval_margin():
 
 
 def test_two_class_arcface_with_large_scale_gets_decrease_scale():
+    """s = 64 on overlapping classes saturates the softmax far beyond what the overlap supports:
+    decrease_scale (and calibrate_temperature); on separated classes saturation is right."""
     from embscope.losses import ArcFaceHead
 
-    torch.manual_seed(0)
-    x, y = blobs(n=400, d=8, k=2, sep=2.0)
-    head = ArcFaceHead(8, 2, m=0.2, s=64.0)
-    with torch.no_grad():  # weights at the class means: a trained-looking head
-        xs = nn.functional.normalize(torch.as_tensor(x))
-        head.weight.copy_(torch.stack([xs[y == c].mean(0) for c in (0, 1)]))
-    head.eval()
-    z = head(torch.as_tensor(x)).detach()
-    r = diagnose(x, y, z, head=head, **FAST)
+    def report(sep):
+        torch.manual_seed(0)
+        x, y = blobs(n=400, d=8, k=2, sep=sep)
+        head = ArcFaceHead(8, 2, m=0.2, s=64.0)
+        with torch.no_grad():  # weights at the class means: a trained-looking head
+            xs = nn.functional.normalize(torch.as_tensor(x))
+            head.weight.copy_(torch.stack([xs[y == c].mean(0) for c in (0, 1)]))
+        head.eval()
+        z = head(torch.as_tensor(x)).detach()
+        return diagnose(x, y, z, head=head, **FAST)
+
+    r = report(sep=0.7)
     rec = {a.action: a for a in r.recommendations}
-    assert "decrease_scale" in rec
+    assert "decrease_scale" in rec and "calibrate_temperature" in rec
     assert 1 < rec["decrease_scale"].value < 32
     assert r.metrics["head.s"] == 64.0 and r.metrics["head.m"] == pytest.approx(0.2)
     assert r.metrics["head.looks_untrained"] == 0.0
+    separated = report(sep=2.0)
+    assert separated.metrics["accuracy"] == 1.0
+    assert "decrease_scale" not in {a.action for a in separated.recommendations}
 
 
 def test_untrained_head_is_flagged():
