@@ -301,9 +301,15 @@ def _share_evidence(report: Report, name: str, threshold: float, t: dict) -> dic
     return {"value": v, "interval": [low, high], "threshold": threshold, "op": ">"}
 
 
+# a collapse onto a class whose labels outnumber the next class's by this factor is what a model
+# that learned little beyond the class prior does
+PRIOR = 1.5
+
+
 def _collapse(report: Report, t: dict) -> dict | None:
     """Evidence that predictions collapsed onto one class while the labels did not: the
-    predicted share beyond ``collapse_rate`` by its Wilson interval."""
+    predicted share beyond ``collapse_rate`` by its Wilson interval; ``onto_commonest_label``
+    is 1 when that class is the commonest label by a factor of ``PRIOR`` over the next."""
     rate, level = t["collapse_rate"], t["interval_level"]
     pred, lab = _get(report, "pred_positive_rate"), _get(report, "label_positive_rate")
     n = _get(report, "n")
@@ -318,14 +324,21 @@ def _collapse(report: Report, t: dict) -> dict | None:
                     "op": "> or < 1 -",
                 },
                 "label_positive_rate": {"value": lab},
-                "onto_commonest_label": {"value": float((pred > 0.5) == (lab > 0.5))},
+                "onto_commonest_label": {
+                    "value": float(
+                        (pred > 0.5) == (lab > 0.5)
+                        and max(lab, 1 - lab) >= PRIOR * min(lab, 1 - lab)
+                    )
+                },
             }
         return None
     rows = report.sections.get("classes") or []
     if rows and all("predicted" in r for r in rows):
         total = sum(r["count"] for r in rows)
         predicted = max(rows, key=lambda r: r["predicted"])
-        commonest = max(r["count"] for r in rows)
+        counts = sorted((r["count"] for r in rows), reverse=True)
+        commonest = counts[0]
+        clear = len(counts) < 2 or commonest >= PRIOR * counts[1]
         top_pred = predicted["predicted"] / total if total else 0
         top_label = commonest / total if total else 0
         low, high = wilson_interval(top_pred, total, level)
@@ -338,7 +351,7 @@ def _collapse(report: Report, t: dict) -> dict | None:
                     "op": ">",
                 },
                 "top_label_share": {"value": top_label},
-                "onto_commonest_label": {"value": float(predicted["count"] == commonest)},
+                "onto_commonest_label": {"value": float(predicted["count"] == commonest and clear)},
             }
     return None
 

@@ -102,7 +102,15 @@ def report_markdown(report) -> str:
 def _evidence_text(e) -> str:
     if not isinstance(e, dict):
         return fmt(e)
+    if "fired" in e:  # a rule's track record
+        return (
+            f"fired in {fmt(e['fired'])} models; {e.get('target') or 'target'} improved in "
+            f"{fmt(e.get('target_improved'))}, task metric not worse in "
+            f"{fmt(e.get('task_not_worse'))}"
+        )
     parts = [f"{fmt(e.get('value'))}"]
+    if isinstance(e.get("interval"), (list, tuple)) and len(e["interval"]) == 2:
+        parts.append(f"[{fmt(e['interval'][0])}, {fmt(e['interval'][1])}]")
     if "threshold" in e:
         parts.append(f"(rule: {e.get('op', '')} {fmt(e['threshold'])})")
     if "baseline" in e:

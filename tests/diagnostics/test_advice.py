@@ -346,6 +346,23 @@ def test_increase_margin_needs_a_clear_separation_failure():
     assert "Inconclusive" in close[-1].reason
 
 
+def test_collapse_after_a_probe_points_at_the_head_unless_it_is_onto_the_prior():
+    def collapsed(label_rate):
+        metrics = {"n": 400.0, "pred_positive_rate": 1.0, "label_positive_rate": label_rate}
+        return Report(metrics={**metrics, "head.margin_leak": 0.0}, meta={})
+
+    balanced = _by_action(recommend(collapsed(0.505)))["check_head"]
+    assert balanced.severity == "warning"
+    assert balanced.evidence["track_record"]["rule"] == "collapse_after_probe"
+    assert balanced.evidence["pred_positive_rate"]["interval"][0] > 0.95
+    prior = _by_action(recommend(collapsed(0.75)))["check_head"]
+    assert prior.severity == "info" and "class prior" in prior.reason
+    assert prior.evidence["track_record"]["rule"] == "collapse_to_prior"
+    # not probed: the margin at evaluation is the first suspect
+    unprobed = Report(metrics={"n": 400.0, "pred_positive_rate": 1.0, "label_positive_rate": 0.5})
+    assert recommend(unprobed)[0].action == "fix_eval_margin"
+
+
 def test_every_recommendation_carries_its_track_record():
     shipped = json.loads(TRACK_RECORD_FILE.read_text(encoding="utf-8"))["rules"]
     reports = [
