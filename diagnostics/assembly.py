@@ -13,7 +13,13 @@ import torch
 
 from . import metrics as M
 from .advice import recommend
-from .calibration import NO_SCALE, TemperatureFit, _calibration_compute, _fit_temperature
+from .calibration import (
+    NO_SCALE,
+    TemperatureFit,
+    _calibration_compute,
+    _fit_temperature,
+    calibration_metrics,
+)
 from .heads import head_health, head_provenance, provenance_reasons, stated_facts
 from .intervals import with_intervals
 from .pca import pca_view
@@ -26,6 +32,7 @@ from .state import HIST_BINS_FINE, MAX_COLUMN_KEYS
 
 NAN = float("nan")
 MAX_PLOT_SERIES = 10  # per-class histograms in the report up to this many classes
+_AT_T = ("ece_at_fitted_temperature", "nll_at_fitted_temperature")
 
 
 def assemble(d) -> Report:
@@ -174,10 +181,13 @@ def _calibration(d, metrics, reasons, sampled, sections) -> None:
     the NLL-optimal temperature: fitted on every margin for one logit or two columns (the
     NLL of a binary model depends on its margins only), on the reservoir's logits from
     three columns on (exact when it holds every sample, else flagged in ``sampled``)."""
+    rows = None  # (logits, labels) the temperature is fitted on, to score them at T
     if d.num_columns <= 2:
         margins = torch.cat(d.samples["margin"])
         fit = _fit_temperature(margins=margins)
         how = f"fitted on all {len(margins)} margins"
+        labels = torch.cat(d.samples["label"])
+        rows = ((2 * labels - 1).to(margins.dtype) * margins, labels)  # one logit: log-odds
     else:
         res = d.reservoir
         if len(res) == 0:
@@ -187,9 +197,10 @@ def _calibration(d, metrics, reasons, sampled, sections) -> None:
         else:
             order = torch.argsort(res.keys)  # independent of arrival order
             fit = _fit_temperature(logits=res.extra[order], labels=res.labels[order])
+            rows = (res.extra[order], res.labels[order])
             info = {"exact": res.exact, "sample_size": len(res), "population": res.seen}
-            sampled["fitted_temperature"] = dict(info)
-            sampled["fitted_scale"] = dict(info)
+            for key in ("fitted_temperature", "fitted_scale") + _AT_T:
+                sampled[key] = dict(info)
         how = f"fitted on the logits of the reservoir's {len(res)} rows"
     scale, why = _logit_scale(d)
     result = _calibration_compute(d.calibration, fit, scale, why)
@@ -197,6 +208,17 @@ def _calibration(d, metrics, reasons, sampled, sections) -> None:
     reasons.update(result.reasons)
     reasons.setdefault("fitted_temperature", how)
     sections["reliability"] = result.reliability
+    # what dividing the logits by T would give, on the rows T was fitted on (in-sample: the
+    # advice's track record says how it holds on other data)
+    t = metrics.get("fitted_temperature", NAN)
+    if rows is not None and math.isfinite(t) and t > 0:
+        at_t = calibration_metrics(rows[0].double() / t, rows[1])
+        metrics["ece_at_fitted_temperature"] = at_t.ece
+        metrics["nll_at_fitted_temperature"] = at_t.nll
+    else:
+        for key in _AT_T:
+            metrics[key] = NAN
+            reasons[key] = "no fitted temperature"
 
 
 def _logit_scale(d) -> tuple[float | None, str]:

@@ -401,6 +401,14 @@ METRICS: tuple[MetricInfo, ...] = (
         "s / T of a cosine-logit margin head",
         "scipy minimize_scalar",
     ),
+    _m(
+        r"(ece|nll)_at_fitted_temperature",
+        "calibration",
+        None,
+        "[0, inf)",
+        "ECE / NLL of these logits divided by the fitted temperature (in-sample)",
+        "torchmetrics / scikit-learn on the divided logits",
+    ),
     # margin heads
     _m(
         "angle_true_mean",
