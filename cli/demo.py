@@ -5,10 +5,10 @@ scikit-learn's digits (1,797 8x8 scans that ship with scikit-learn: nothing is d
 diagnoses both and compares them, in a few seconds on a CPU:
 
 - the task (`embscope.demo.digits_binary`): odd digits (positive) vs even, the positive class
-  thinned to a third and Gaussian pixel noise added, like the eye open/closed task of the
-  user's notes;
+  thinned to a third and Gaussian pixel noise added: an imbalanced binary task whose classes
+  overlap, as eye open/closed classification is;
 - the models (`embscope.demo.DigitsNet`): an MLP ``64 -> 64 -> 16`` embedding with a BCE head
-  (the baseline) or an ArcFace head (m = 0.2, s = 16: the notes' first ArcFace setting).
+  (the baseline) or an ArcFace head (m = 0.2, s = 16, a common first ArcFace setting).
 
 The data sets, model and training loop live in `embscope.demo` (the examples use them too);
 their names here, and ``diagnose_model(model, x, y)``, are kept for code that imports them
