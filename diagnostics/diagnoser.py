@@ -201,19 +201,6 @@ class Diagnoser:
     def _layout(self) -> S.Layout:
         return S.Layout(len(self._values), self.dim, self.num_columns)
 
-    def state_dict(self) -> dict:
-        """The declared state and what fixes its layout (a copy; see state.py)."""
-        return {
-            "layout": None if self.dim is None else self._layout(),
-            "values": list(self._values),
-            "state": {
-                k: list(v) if isinstance(v, list) else v.clone()
-                for k, v in self.state.items()
-                if v is not None
-            },
-        }
-
-    # ------------------------------------------------------------------------------------------
     def _slots(self, labels: torch.Tensor) -> torch.Tensor:
         """Class slots of raw label values, adding unseen labels."""
         if self._indexed:

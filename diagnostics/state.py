@@ -4,8 +4,8 @@ Every field names how two partial states combine: ``sum``, ``min`` or ``max`` fo
 float64 tensors, ``cat`` for per-sample values kept in arrival order (rank order after a sync).
 A field whose first axis is the class slot (``by_class``) is remapped when two states hold
 their classes in different slots, and a ``cat`` field whose values are slots (``slots``) has
-its values remapped. Reset, merge, the distributed sync (``distributed.py``) and the state
-dict are derived from this table: a new streaming statistic is one entry here and the update
+its values remapped. Reset, merge and the distributed sync (``distributed.py``) are derived
+from this table: a new streaming statistic is one entry here and the update
 that fills it.
 
 The reservoir (a bounded sample, combined by keeping the smallest keys) and the options are
