@@ -16,6 +16,7 @@ from statistics import NormalDist
 import numpy as np
 
 from .calibration import T_MAX, T_MIN
+from .compare import _finite, _get
 from .report import Recommendation, Report
 
 NAN = float("nan")
@@ -77,15 +78,6 @@ DEFAULT_THRESHOLDS = {
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 TRACK_RECORD_FILE = Path(__file__).with_name("track_record.json")
-
-
-def _get(report: Report, name: str) -> float:
-    v = report.metrics.get(name, NAN)
-    return float(v) if v is not None else NAN
-
-
-def _finite(*values: float) -> bool:
-    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
 
 
 def _ev(report: Report, name: str, threshold=None, op: str | None = None) -> dict:
