@@ -15,6 +15,7 @@ from .assembly import assemble
 from .calibration import (
     _calibration_update,
 )
+from .distributed import sync_diagnoser
 from .heads import HeadParams, _angles_update, check_head_info, head_meta, head_params, stated_head
 from .reservoir import Reservoir
 from .scores import _ovr_state
@@ -407,8 +408,6 @@ class Diagnoser:
         ``sync()`` does nothing, ``compute()`` reports on the synced state without syncing
         again, and ``update``/``merge`` raise until ``reset()``.
         """
-        from .distributed import sync_diagnoser
-
         if self.synced:
             return self
         sync_diagnoser(self, group)
