@@ -19,6 +19,7 @@ from .distributed import sync_diagnoser
 from .heads import HeadParams, _angles_update, check_head_info, head_meta, head_params, stated_head
 from .reservoir import Reservoir
 from .scores import _ovr_state
+from .segmentation import dense_merge, dense_update, is_dense
 from .state import HIST_BINS_FINE, MAX_COLUMN_KEYS
 
 NAN = float("nan")
@@ -97,6 +98,8 @@ class Diagnoser:
     sync_on_compute : when torch.distributed is initialised, ``compute()`` reports on the
         states of all ranks of ``process_group`` (this object's own state is left as it is).
     process_group : the torch.distributed group to sync over (None: the default group).
+    ignore_index : dense batches (masks [B, H, W] with logits [B, C, H, W]): the mask value of
+        unlabelled pixels (see `segmentation.py`).
     """
 
     def __init__(
@@ -115,8 +118,12 @@ class Diagnoser:
         retrieval_rows: int | None = None,
         sync_on_compute: bool = True,
         process_group=None,
+        ignore_index: int = 255,
     ):
         self.space = check_space(space)
+        if not _is_int(ignore_index):
+            raise ValueError(f"ignore_index must be an integer, got {ignore_index!r}")
+        self.ignore_index = int(ignore_index)
         if not _is_int(bins) or bins < 1 or HIST_BINS_FINE % bins:
             raise ValueError(f"bins must be a positive divisor of {HIST_BINS_FINE}, got {bins!r}")
         if not _is_int(seed):
@@ -175,6 +182,7 @@ class Diagnoser:
         self.num_columns: int | None = None  # logits: None (none seen), 1 (binary logit) or C
         self.synced = False  # True once sync() folded every rank in (see sync, compute)
         self.state: dict = S.empty(None)
+        self._dense = None  # a segmentation evaluation's state (segmentation.py), if dense
 
     @property
     def pair_rows(self) -> int:
@@ -290,6 +298,8 @@ class Diagnoser:
                 "this Diagnoser was synced and holds every rank's samples; call reset() "
                 "before feeding the next evaluation"
             )
+        if self._dense is not None or is_dense(labels, logits):
+            return dense_update(self, embeddings, labels, logits, ids)
         b = check_batch(embeddings, labels, logits, ids, drop_zero_rows=self.space == "cosine")
         self._check_shapes(b)
         if self.dim is None:
@@ -360,6 +370,9 @@ class Diagnoser:
             self.seed,
         ):
             raise ValueError("cannot merge Diagnosers built with different options")
+        if self._dense is not None or other._dense is not None:
+            dense_merge(self, other)
+            return self
         head_classes = (
             None if self.head is None else self.head.num_classes,
             None if other.head is None else other.head.num_classes,
@@ -410,7 +423,10 @@ class Diagnoser:
         """
         if self.synced:
             return self
-        sync_diagnoser(self, group)
+        if self._dense is not None:
+            self._dense.sync(group)
+        else:
+            sync_diagnoser(self, group)
         self.synced = True
         return self
 
@@ -432,8 +448,8 @@ class Diagnoser:
 
                 # the group is shared, not copied (a ProcessGroup cannot be deep-copied)
                 memo = {id(self.process_group): self.process_group}
-                return assemble(copy.deepcopy(self, memo).sync(self.process_group))
-        return assemble(self)
+                return _report(copy.deepcopy(self, memo).sync(self.process_group))
+        return _report(self)
 
     def _no_rows_message(self) -> str:
         dropped = self.nonfinite + self.zero_norm
@@ -473,6 +489,13 @@ def dropped_line(nonfinite: float, zero_norm: float, total: float) -> str:
     return f"{int(nonfinite + zero_norm)} of {int(total)} rows were dropped: {', '.join(parts)}"
 
 
+def _report(d):
+    """The report of ``d``'s state: a segmentation report for dense batches."""
+    from .segmentation_report import dense_report
+
+    return dense_report(d) if d._dense is not None else assemble(d)
+
+
 def _columns(z: torch.Tensor | None) -> int | None:
     """Logit width: None without logits, 1 for one binary logit [N], else C."""
     return None if z is None else (1 if z.ndim == 1 else z.shape[1])
@@ -486,6 +509,7 @@ def diagnose(embeddings, labels, logits=None, head=None, *, ids=None, **options)
     """One-shot report: ``Diagnoser(head=head, **options)``, one update, compute.
 
     embeddings [N, D]; labels [N] integers; logits None, [N] (one binary logit) or [N, C];
+    or dense: embeddings [B, D, H, W] (or None), masks [B, H, W], logits [B, C, H, W];
     head an optional margin head (for angles, m and s). See :class:`Diagnoser` for options.
     """
     d = Diagnoser(head=head, **options)

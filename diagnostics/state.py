@@ -121,11 +121,12 @@ FIELDS: dict[str, Field] = {
 }
 
 
-def empty(layout: Layout | None) -> dict:
+def empty(layout: Layout | None, fields: dict[str, Field] | None = None) -> dict:
     """A fresh state: the early fields before the first batch (``layout`` None), every field
-    active in ``layout`` after it (identities of their reductions, empty lists)."""
+    active in ``layout`` after it (identities of their reductions, empty lists). ``fields``:
+    another declared table (default: the Diagnoser's, ``FIELDS``)."""
     state = {}
-    for name, f in FIELDS.items():
+    for name, f in (FIELDS if fields is None else fields).items():
         if layout is None and not f.early:
             continue
         if layout is not None and not f.active(layout):
@@ -155,9 +156,12 @@ def grow(state: dict, k: int) -> None:
         state[name] = torch.cat([t, pad])
 
 
-def merge(dst: dict, src: dict, mapping: torch.Tensor) -> None:
-    """Fold ``src`` into ``dst`` in place; ``mapping[j]`` is dst's slot of src's slot j."""
-    for name, f in FIELDS.items():
+def merge(
+    dst: dict, src: dict, mapping: torch.Tensor, fields: dict[str, Field] | None = None
+) -> None:
+    """Fold ``src`` into ``dst`` in place; ``mapping[j]`` is dst's slot of src's slot j.
+    ``fields``: another declared table (default ``FIELDS``)."""
+    for name, f in (FIELDS if fields is None else fields).items():
         b = src.get(name)
         if b is None or name not in dst:
             continue
@@ -173,12 +177,18 @@ def merge(dst: dict, src: dict, mapping: torch.Tensor) -> None:
             torch.maximum(dst[name], b, out=dst[name])
 
 
-def remapped(state: dict, layout: Layout, mapping: torch.Tensor, reduce: str) -> dict:
+def remapped(
+    state: dict,
+    layout: Layout,
+    mapping: torch.Tensor,
+    reduce: str,
+    fields: dict[str, Field] | None = None,
+) -> dict:
     """The fixed-shape fields reduced by ``reduce``, on ``layout``'s class slots (per-class
     fields moved through ``mapping``; missing fields as their identity): what one rank puts
-    into a packed all-reduce."""
+    into a packed all-reduce. ``fields``: another declared table (default ``FIELDS``)."""
     out = {}
-    for name, f in FIELDS.items():
+    for name, f in (FIELDS if fields is None else fields).items():
         if f.reduce != reduce or f.early or not f.active(layout):
             continue
         t = state.get(name)
