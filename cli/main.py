@@ -6,6 +6,7 @@
     diagnose EMBEDDINGS [options]           diagnose precomputed embeddings (and logits)
     diagnose compare A.json B.json          print the deltas of two reports and a verdict
     diagnose compare A1 A2 A3 -- B.json     B against several baselines (seeds of one recipe)
+    diagnose history RUN_FOLDER             trend verdicts over a training run's epoch reports
 
 Exit status: 0 success; 1 a regression against ``--baseline`` or a broken ``--fail-on`` rule
 (the report is still written); 2 bad usage or bad input, and also any unexpected internal error
@@ -351,6 +352,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 warnings.simplefilter("ignore")
             if argv and argv[0] == "compare":
                 return run_compare(parse_compare_args(argv[1:]))
+            if argv and argv[0] == "history":
+                from embscope.cli.history import run_history
+
+                return run_history(argv[1:])
             return run(build_parser().parse_args(argv))
     except UsageError as error:
         if debug:

@@ -19,6 +19,7 @@ from .calibration import CalibrationResult, calibration_metrics
 from .diagnoser import Diagnoser, diagnose
 from .errors import InputError
 from .heads import find_margin_head, head_params, is_margin_head, probe_margin_leak
+from .history import History
 from .metrics import (
     Geometry,
     HardExamples,
@@ -53,6 +54,7 @@ __all__ = [
     "Diagnoser",
     "Geometry",
     "HardExamples",
+    "History",
     "InputError",
     "PairSample",
     "Recommendation",
