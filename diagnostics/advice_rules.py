@@ -116,8 +116,8 @@ def _calibrate(report: Report, t: dict, unsure: _Unsure, has_head: bool) -> Reco
         )
         return None
     evidence = {
-        **gap_ev,
         "ece": {"value": ece},
+        **gap_ev,  # without a reliability section, "ece" with its lower bound
         "nll": {"value": nll},
         "fitted_temperature": {
             "value": temp,

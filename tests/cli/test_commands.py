@@ -336,10 +336,10 @@ def test_device_moves_precomputed_chunks_and_the_report_is_the_same(
     embeddings: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The path --device cuda takes (numpy chunks -> tensors on the device), run on the CPU."""
-    import embscope.cli.main as cli_main
+    import embscope.cli.run as cli_run
 
     assert run(embeddings["npz"], "--batch-size", "500", "--out", tmp_path / "plain") == 0
-    monkeypatch.setattr(cli_main, "_embeddings_device", lambda name: torch.device("cpu"))
+    monkeypatch.setattr(cli_run, "_embeddings_device", lambda name: torch.device("cpu"))
     assert run(embeddings["npz"], "--batch-size", "500", "--out", tmp_path / "moved") == 0
     moved = read(tmp_path / "moved")
     assert moved["meta"]["source"]["device"] == "cpu"
