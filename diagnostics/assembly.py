@@ -59,7 +59,7 @@ def assemble(d) -> Report:
         _head(d, metrics, reasons, sections)
     elif stated_facts(d.head_info):
         _stated_head(d, metrics, reasons, sections)
-    _vectors(d, metrics, reasons, sampled, sections)
+    retrieval = _vectors(d, metrics, reasons, sampled, sections)
     sections["classes"] = _class_table(d, order)
     if d.num_columns is None and "hardest" not in sections:
         sections["hardest"] = []
@@ -68,7 +68,7 @@ def assemble(d) -> Report:
     report = Report(
         metrics=metrics, reasons=reasons, sampled=sampled, sections=sections, meta=d._meta()
     )
-    report = with_intervals(report, d)
+    report = with_intervals(report, d, retrieval=retrieval)
     return report.with_recommendations(recommend(report, thresholds=d.thresholds))
 
 
@@ -307,15 +307,16 @@ def _stated_head(d, metrics, reasons, sections) -> None:
     }
 
 
-def _vectors(d, metrics, reasons, sampled, sections) -> None:
-    """Metrics that need the vectors, on the reservoir (exact when it holds every sample)."""
+def _vectors(d, metrics, reasons, sampled, sections):
+    """Metrics that need the vectors, on the reservoir (exact when it holds every sample);
+    returns the retrieval result (its per-query values give the intervals) or None."""
     res = d.reservoir
     names = _VECTOR_KEYS
     if len(res) == 0:
         for key in names:
             metrics[key] = NAN
             reasons[key] = "reservoir_size is 0: vector-based metrics are off"
-        return
+        return None
     order = torch.argsort(res.keys)  # independent of arrival order
     x, y = res.rows[order], res.labels[order]
     info = {"exact": res.exact, "sample_size": len(res), "population": res.seen}
@@ -344,8 +345,9 @@ def _vectors(d, metrics, reasons, sampled, sections) -> None:
         metrics["centroid_confusion_count"] = NAN
         reasons["centroid_confusion_count"] = "needs at least two classes"
     _pairs(d, x[: d.pair_rows], y[: d.pair_rows], metrics, reasons, sections)
-    _retrieval(d, x[: d.retrieval_rows], y[: d.retrieval_rows], metrics, reasons)
+    retrieval = _retrieval(d, x[: d.retrieval_rows], y[: d.retrieval_rows], metrics, reasons)
     sections["pca"] = pca_view(x, y, d._values, d.seed, limit=d.pca_rows)
+    return retrieval
 
 
 def _pairs(d, x, y, metrics, reasons, sections) -> None:
@@ -378,7 +380,7 @@ def _pairs(d, x, y, metrics, reasons, sections) -> None:
     }
 
 
-def _retrieval(d, x, y, metrics, reasons) -> None:
+def _retrieval(d, x, y, metrics, reasons):
     """Exact kNN retrieval among these rows (each one a query against the others)."""
     from .retrieval import knn_retrieval
 
@@ -386,11 +388,12 @@ def _retrieval(d, x, y, metrics, reasons) -> None:
         for key in ("recall_at_1", "recall_at_5", "map_at_r"):
             metrics[key] = NAN
             reasons[key] = "no class has two samples"
-        return
+        return None
     # reservoir rows live on the CPU; 1024-row blocks keep the working memory near 0.2 GB
     # for 5,000 rows of two classes (2048: 0.6 GB) at the same speed
-    r = knn_retrieval(x, y, ks=(1, 5), space=d.space, chunk_size=1024)
+    r = knn_retrieval(x, y, ks=(1, 5), space=d.space, chunk_size=1024, per_query=True)
     metrics.update(r.to_dict())
+    return r
 
 
 def _class_table(d, order) -> list[dict]:

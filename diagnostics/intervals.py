@@ -43,6 +43,7 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
+from . import interval_extras as X
 from . import metrics as M
 from .calibration import N_BINS, bin_edges
 from .registry import PAIR_KEYS, info
@@ -63,7 +64,17 @@ HIST_CELLS = 40_000_000  # multinomial histogram bootstraps: replicates x classe
 
 # seeds of the groups, mixed with the Diagnoser's seed (one stream per group: adding a metric
 # to one group leaves the others' intervals unchanged)
-_SEEDS = {"pool": 1, "confusion": 2, "geometry": 3, "pairs": 4, "ovr": 5}
+_SEEDS = {
+    "pool": 1,
+    "confusion": 2,
+    "geometry": 3,
+    "pairs": 4,
+    "ovr": 5,
+    "fitted": 6,
+    "angle": 7,
+    "head": 8,
+    "retrieval": 9,
+}
 
 
 def z_value(level: float = LEVEL) -> float:
@@ -156,6 +167,17 @@ def _rng(seed: int, group: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, _SEEDS[group]])
 
 
+def _pool_fn(d, group: str):
+    """(labels, columns) -> (pool indices, stratified bootstrap weights) of ``group``'s own
+    stream: rows drawn by a hash of their values (``columns``), as the per-sample pool."""
+
+    def draw(labels: np.ndarray, columns: list) -> tuple[np.ndarray, np.ndarray]:
+        idx = _pool(labels, POOL_ROWS, _value_keys(columns, d.seed, group))
+        return idx, _weights(labels[idx], REPLICATES, _rng(d.seed, group))
+
+    return draw
+
+
 def _pool(labels: np.ndarray, max_rows: int, keys: np.ndarray) -> np.ndarray:
     """Indices of about ``max_rows`` samples, each class in proportion (and at least one of
     every class): those whose pseudo-random ``keys`` (uint64, a hash of their values) fall
@@ -234,27 +256,31 @@ def _boot(reps: int, pool: int, n: int, what: str = "samples") -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def with_intervals(report, d, level: float = LEVEL):
+def with_intervals(report, d, level: float = LEVEL, retrieval=None):
     """``report`` with ``intervals``, ``interval_level`` and ``interval_methods`` from the
     Diagnoser ``d``'s state, its per-sample values (``samples``, what a paired comparison
-    needs) and the fingerprint of its data (``meta["data"]``)."""
+    needs) and the fingerprint of its data (``meta["data"]``). ``retrieval``: the report's
+    `RetrievalResult` with its per-query values, when it has retrieval metrics."""
     out = _Intervals(report.metrics, level)
     labels = torch.cat(d.samples["label"]).numpy() if d.samples["label"] else np.zeros(0, int)
+    reps_cm = None
     if d.num_columns is not None:
         s = {k: torch.cat(v).numpy() for k, v in d.samples.items() if v}
         columns = [labels, *(s[k] for k in ("pred", "margin", "top_prob", "gray") if k in s)]
         keys = _value_keys(columns, d.seed, "pool")
         idx = _pool(labels, POOL_ROWS, keys)
         pool = (idx, _weights(labels[idx], REPLICATES, _rng(d.seed, "pool")))
-        _task(d, out, labels, s["pred"], pool)
+        reps_cm = _task(d, out, labels, s["pred"], pool)
         _per_sample(d, out, s, labels, pool)
         _calibration(d, out, s, labels, pool)
+        X.temperature(d, out, _pool_fn(d, "fitted"))
+        X.column_stats(d, out)
         if d.num_columns > 2:
             _ovr(d, out)
     if d.head is not None:
-        _head(d, out, labels)
+        _head(d, out, labels, reps_cm)
     _geometry(d, out)
-    _reservoir(d, out)
+    _reservoir(d, out, retrieval)
     _descriptive(out)
     samples = _samples(d, labels)
     meta = {**report.meta, "data": fingerprint(samples, d)}
@@ -273,14 +299,16 @@ def with_intervals(report, d, level: float = LEVEL):
 # ----------------------------------------------------------------------------------------------
 
 
-def _task(d, out: _Intervals, labels: np.ndarray, pred: np.ndarray, pool: tuple) -> None:
+def _task(d, out: _Intervals, labels: np.ndarray, pred: np.ndarray, pool: tuple):
+    """accuracy, f1, macro_f1; returns the confusion replicates [reps, k, k] of a
+    multinomial bootstrap (None beyond 64 classes)."""
     cm = d.confusion.numpy()
     n = cm.sum()
     out.wilson("accuracy", np.trace(cm), n, "Wilson (correct predictions over samples)")
-    names = [k for k in ("f1", "macro_f1") if out.has(k)]
-    if not names:
-        return
     k = cm.shape[0]
+    names = [k for k in ("f1", "macro_f1") if out.has(k)]
+    if not names and (d.head is None or k > 64):
+        return None
     rng = _rng(d.seed, "confusion")
     if k <= 64:  # resample each class's predictions: a multinomial over its confusion row
         rows = cm.sum(1)
@@ -288,6 +316,8 @@ def _task(d, out: _Intervals, labels: np.ndarray, pred: np.ndarray, pool: tuple)
         p = np.where(live[:, None], cm / np.where(live, rows, 1)[:, None], 1.0 / k)
         reps = rng.multinomial(rows.astype(np.int64), p, size=(REPLICATES, k)).astype(np.float64)
         method = _boot(REPLICATES, int(n), int(n), "samples") + " of the (label, prediction) pairs"
+        if not names:
+            return reps
     else:  # many classes: resample (label, prediction) pairs of a pool
         idx, w = pool
         cell = labels[idx] * k + pred[idx]
@@ -305,6 +335,7 @@ def _task(d, out: _Intervals, labels: np.ndarray, pred: np.ndarray, pool: tuple)
     out.normal("macro_f1", _sd(macro) * scale, method)
     if k == 2:
         out.normal("f1", _sd(f1[:, 1]) * scale, method)
+    return reps if k <= 64 else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -452,9 +483,6 @@ def _calibration(d, out: _Intervals, s: dict, labels: np.ndarray, pool: tuple) -
             ratio = math.sqrt(m / n)
             out.normal("nll", _stratified_se(nll, y.numpy()) * ratio, how)
             out.normal("brier", _stratified_se(brier, y.numpy()) * ratio, how)
-    why = "none: descriptive (a fitted setting, not a quality of the model)"
-    out.none("fitted_temperature", why)
-    out.none("fitted_scale", why)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -510,7 +538,7 @@ def _ovr(d, out: _Intervals) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _head(d, out: _Intervals, labels: np.ndarray) -> None:
+def _head(d, out: _Intervals, labels: np.ndarray, reps_cm) -> None:
     t = torch.cat(d.samples["angle_true"]).numpy().astype(np.float64)
     o = torch.cat(d.samples["angle_other"]).numpy().astype(np.float64)
     how = "normal (stratified standard error)"
@@ -520,14 +548,10 @@ def _head(d, out: _Intervals, labels: np.ndarray) -> None:
     if d.head.kind == "angular":
         fallback = (np.radians(t) + d.head.m > math.pi).sum()
         out.wilson("fallback_fraction", fallback, len(t), "Wilson (samples over n)")
-    for key in ("head.s", "head.m", "head.num_classes"):
-        out.none(key, "none: descriptive (a setting of the head)")
-    for key in ("head.margin_leak", "head.looks_untrained"):
-        out.none(key, "none: a yes/no finding, not an estimate")
-    for key in ("head.min_weight_angle", "head.weight_norm_cv"):
-        out.none(key, "none: a property of the head's weights, which are not sampled")
-    for key in ("head.centroid_alignment", "head.dead_class_count"):
-        out.none(key, "none: not bootstrapped (a property of the class means / predictions)")
+    X.angle_quantile(out, t, labels, _pool_fn(d, "angle"))
+    X.centroid_alignment(d, out, GEOMETRY_REPLICATES, GEOMETRY_ROWS, _rng(d.seed, "head"))
+    if reps_cm is not None:
+        X.dead_classes(d, out, reps_cm, out.level)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -600,7 +624,7 @@ def _geometry(d, out: _Intervals) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _reservoir(d, out: _Intervals) -> None:
+def _reservoir(d, out: _Intervals, retrieval=None) -> None:
     res = d.reservoir
     if len(res) == 0:
         return
@@ -619,7 +643,7 @@ def _reservoir(d, out: _Intervals) -> None:
     x, y = res.rows[order], res.labels[order]
     _nc1(d, out, x, y, n)
     _pairs(d, out, x[: d.pair_rows], y[: d.pair_rows], n)
-    _retrieval(d, out, y[: d.retrieval_rows], n)
+    _retrieval(d, out, y[: d.retrieval_rows], n, retrieval)
 
 
 def _nc1(d, out: _Intervals, x: torch.Tensor, y: torch.Tensor, n: float) -> None:
@@ -737,9 +761,12 @@ def _pair_replicates(d, values: dict, w, i, j, gen, hb, fars: dict) -> None:
         values["pair_hellinger"] += list(np.sqrt(np.maximum(0, 1 - np.sqrt(hg * hi).sum(1))))
 
 
-def _retrieval(d, out: _Intervals, y: torch.Tensor, n: float) -> None:
-    """recall@k: Wilson over the queries (the samples with a classmate among the rows used);
-    MAP@R: a mean of per-query AP in [0, 1], whose variance is at most mu (1 - mu)."""
+def _retrieval(d, out: _Intervals, y: torch.Tensor, n: float, retrieval=None) -> None:
+    """Over the queries (the rows used with a classmate among them): recall@k by Wilson over
+    the queries' hits; MAP@R by the stratified standard error of the per-query AP@R (the limit
+    of a class-stratified bootstrap of the queries' mean). Without per-query values (a
+    `RetrievalResult` computed without them), MAP@R gets the conservative bound of a mean of
+    values in [0, 1]: variance at most mu (1 - mu)."""
     counts = torch.bincount(y)
     queries = int((counts[y] >= 2).sum())
     if queries == 0:
@@ -748,20 +775,38 @@ def _retrieval(d, out: _Intervals, y: torch.Tensor, n: float) -> None:
     note = (
         f" (includes the sampling of {used} of {int(n)} samples)" if d.reservoir.seen > used else ""
     )
+    pq = getattr(retrieval, "per_query", None)
+    if pq is not None and len(pq.ap) != queries:
+        pq = None
     for name in [k for k in out.metrics if re.fullmatch(r"recall_at_\d+", k)]:
-        if out.has(name):
+        if not out.has(name):
+            continue
+        k = int(name.rsplit("_", 1)[1])
+        if pq is not None and k in pq.ks:
+            hits = int(pq.hits[:, pq.ks.index(k)].sum())
+        else:
             hits = round(out.metrics[name] * queries)
-            out.wilson(
-                name, hits, queries, f"Wilson (queries with a hit over {queries} queries)" + note
-            )
-    if out.has("map_at_r"):
-        mu = min(max(out.metrics["map_at_r"], 0.0), 1.0)
+        out.wilson(
+            name, hits, queries, f"Wilson (queries with a hit over {queries} queries)" + note
+        )
+    if not out.has("map_at_r"):
+        return
+    if pq is not None:
+        strata = y.numpy()[pq.index]
         out.normal(
             "map_at_r",
-            math.sqrt(mu * (1 - mu) / queries),
-            f"normal, conservative (per-query AP in [0, 1]: variance at most mu (1 - mu), "
-            f"over {queries} queries)" + note,
+            _stratified_se(pq.ap, strata),
+            f"normal (stratified standard error of the per-query AP@R over {queries} queries)"
+            + note,
         )
+        return
+    mu = min(max(out.metrics["map_at_r"], 0.0), 1.0)
+    out.normal(
+        "map_at_r",
+        math.sqrt(mu * (1 - mu) / queries),
+        f"normal, conservative (per-query AP in [0, 1]: variance at most mu (1 - mu), "
+        f"over {queries} queries)" + note,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -770,6 +815,10 @@ def _retrieval(d, out: _Intervals, y: torch.Tensor, n: float) -> None:
 
 
 def _descriptive(out: _Intervals) -> None:
+    X.exact(out, X.EXACT_DATA, "a count of the data, not an estimate")
+    X.exact(out, X.HEAD_SETTINGS, "a setting of the head")
+    X.exact(out, X.HEAD_WEIGHTS, "a property of the head's weights, which are not sampled")
+    X.exact(out, X.FINDINGS, "a yes/no finding of this data, not an estimate")
     for name in out.metrics:
         if name in out.intervals or name in out.methods:
             continue

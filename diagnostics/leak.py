@@ -99,6 +99,7 @@ def with_leak_scores(report: Report, state: torch.Tensor, thresholds: dict | Non
     """``report`` with the scores of both ways (`_leak_compute` of ``state``) and its
     recommendations made again, so that the margin-leak advice shows them."""
     from .advice import recommend
+    from .interval_extras import leak_intervals
 
     if not float(state[0, 2].sum()):
         return report
@@ -108,6 +109,7 @@ def with_leak_scores(report: Report, state: torch.Tensor, thresholds: dict | Non
         metrics={**report.metrics, **metrics},
         reasons={**report.reasons, **reasons},
     )
+    report = leak_intervals(report, state)
     return report.with_recommendations(recommend(report, thresholds=thresholds))
 
 

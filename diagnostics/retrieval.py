@@ -35,6 +35,23 @@ NAN = float("nan")
 
 
 @dataclass(frozen=True)
+class PerQuery:
+    """Each query's retrieval values, queries in the order of the input rows.
+
+    index : [Q] int64, the query's row in ``embeddings``.
+    hits : [Q, len(ks)] bool, a same-class sample among its first k neighbours (columns in the
+        order of ``ks``, ascending).
+    ap : [Q] float64, its AP@R.
+    ks : the k of the columns of ``hits``.
+    """
+
+    index: np.ndarray
+    hits: np.ndarray
+    ap: np.ndarray
+    ks: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class RetrievalResult:
     """Leave-one-out retrieval quality; every value is in [0, 1], higher is better.
 
@@ -47,6 +64,8 @@ class RetrievalResult:
     n_skipped : samples that are the only member of their class (R = 0); they still serve as
         references but are not queries, as in pytorch-metric-learning.
     space : "cosine" or "euclidean", the geometry the neighbours were ranked in.
+    per_query : with ``per_query=True``, each query's values (`PerQuery`): what intervals over
+        the queries and comparisons query by query need; None otherwise.
     """
 
     recall_at_k: dict[int, float]
@@ -54,6 +73,7 @@ class RetrievalResult:
     n_queries: int
     n_skipped: int
     space: str = "cosine"
+    per_query: PerQuery | None = None
 
     higher_is_better: ClassVar[bool] = True
 
@@ -157,6 +177,7 @@ def knn_retrieval(
     space: str = "cosine",
     chunk_size: int | None = None,
     device: str | torch.device | None = None,
+    per_query: bool = False,
 ) -> RetrievalResult:
     """Exact leave-one-out recall@k and MAP@R, every sample querying all the others.
 
@@ -198,6 +219,8 @@ def knn_retrieval(
         classes are ranked in panels of about chunk_size^2 / N full rows instead, so memory
         stays bounded whatever the class sizes.
     device : where to compute (default: where ``embeddings`` lives; arrays on CPU).
+    per_query : also return each query's hits and AP@R (``RetrievalResult.per_query``); the
+        means of those are the returned values.
 
     Returns
     -------
@@ -228,11 +251,15 @@ def knn_retrieval(
         codes, r_all, kq_all = codes[order], r_all[order], kq_all[order]
         a, b = _score_factors(x[order], space)
 
+        kept: dict[int, tuple] = {}  # per-query values by first query, when asked for
+
         def score(keys: torch.Tensor, s: int, e: int) -> tuple[torch.Tensor, torch.Tensor]:
             """(hits at each k, sum of AP@R) of queries s..e from their ranked keys."""
             idx = _key_index(keys).clamp_max(n - 1)
             rel = (codes_in[idx] == codes[s:e, None]) & (keys != _SENTINEL)
             hits, ap = _scores(rel, r_all[s:e], ks)
+            if per_query:
+                kept[s] = (torch.stack(hits, 1).cpu(), ap.cpu())
             return torch.stack([h.sum() for h in hits]).to(torch.float64), ap.sum()
 
         parts = []
@@ -266,4 +293,17 @@ def knn_retrieval(
     else:
         recall = {k: float(h) / n_queries for k, h in zip(ks, n_hits.cpu().tolist(), strict=True)}
         mapr = float(ap_sum) / n_queries
-    return RetrievalResult(recall, mapr, n_queries, n - n_queries, space)
+    pq = None
+    if per_query:
+        starts = sorted(kept)
+        hits = torch.cat([kept[s][0] for s in starts]) if starts else torch.zeros(0, len(ks))
+        ap = torch.cat([kept[s][1] for s in starts]) if starts else torch.zeros(0)
+        index = order[:n_queries].cpu().numpy()
+        back = np.argsort(index, kind="stable")  # queries in input order
+        pq = PerQuery(
+            index[back].astype(np.int64),
+            hits.numpy().astype(bool)[back],
+            ap.to(torch.float64).numpy()[back],
+            ks,
+        )
+    return RetrievalResult(recall, mapr, n_queries, n - n_queries, space, pq)

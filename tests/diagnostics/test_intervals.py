@@ -133,7 +133,8 @@ def test_report_json_has_the_intervals_and_old_reports_still_load() -> None:
     assert data["schema"] == "embscope.report/1"
     assert data["interval_level"] == 0.95
     assert data["intervals"]["accuracy"] == pytest.approx(list(r.intervals["accuracy"]))
-    assert data["interval_methods"]["n"].startswith("none")
+    assert data["interval_methods"]["n"].startswith("exact")
+    assert data["intervals"]["n"] == [200.0, 200.0]
     back = Report.from_json(r.to_json())
     assert back.intervals.keys() == r.intervals.keys()
     for name, (lo, hi) in r.intervals.items():
@@ -150,7 +151,8 @@ def test_to_frame_lists_the_interval() -> None:
     frame = diagnose(x, y, z, reservoir_size=100).to_frame()
     assert frame.loc["accuracy", "low"] <= frame.loc["accuracy", "value"]
     assert frame.loc["accuracy", "value"] <= frame.loc["accuracy", "high"]
-    assert math.isnan(frame.loc["n", "low"]) and frame.loc["n", "interval"].startswith("none")
+    assert frame.loc["n", "low"] == frame.loc["n", "high"] == 200
+    assert frame.loc["n", "interval"].startswith("exact")
 
 
 def test_markdown_and_html_show_the_intervals() -> None:
