@@ -126,6 +126,10 @@ class DenseState:
         elif y.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
             raise TypeError(f"masks must hold integers, got {y.dtype}")
         y = y.long()
+        if self.k is not None and z.shape[1] != self.k:
+            raise ValueError(
+                f"logits must keep C = {self.k} columns across batches, got {z.shape[1]}"
+            )
         labelled = y[y != self.ignore_index]
         if labelled.numel() and (int(labelled.min()) < 0 or int(labelled.max()) >= z.shape[1]):
             raise ValueError(
@@ -144,10 +148,6 @@ class DenseState:
             if not torch.is_floating_point(x):
                 x = x.float()
         if self.k is not None:
-            if z.shape[1] != self.k:
-                raise ValueError(
-                    f"logits must keep C = {self.k} columns across batches, got {z.shape[1]}"
-                )
             if (x is not None) != self.embedded:
                 raise ValueError("embeddings must be given for every batch or for none")
             if x is not None and x.shape[1] != self.dim:
