@@ -1,4 +1,10 @@
-"""The streaming accumulator behind every report."""
+"""The streaming accumulator behind every report.
+
+One class over 400 lines, on purpose: its update path (validate the whole batch, then touch the
+state), merge and sync are read together to see that a rejected batch changes nothing and that
+every field of the declared state (state.py) is handled. Report assembly lives in assembly.py,
+the state declaration in state.py, the distributed reduction in distributed.py.
+"""
 
 from __future__ import annotations
 
