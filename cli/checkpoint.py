@@ -42,6 +42,11 @@ TRUST_FIX = (
     "pass --trust-checkpoint only if you trust its source, since unpickling can run arbitrary code;"
     " or save model.state_dict() and pass --model FILE.py:FACTORY"
 )
+# A data file (a saved TensorDataset, a list of samples) gets no advice about state dicts.
+DATA_TRUST_FIX = (
+    "pass --trust-checkpoint only if you trust its source, since unpickling can run arbitrary code;"
+    " or save plain tensors: torch.save({'x': inputs, 'y': labels}, path)"
+)
 
 
 @dataclass
@@ -136,7 +141,7 @@ def torch_load(path: Path, *, trust: bool, role: str, mmap: bool = False) -> Any
         if not trust:
             found = re.search(r"GLOBAL ([\w.]+)", message)
             what = found.group(1) if found else "a Python object"
-            fix = TRUST_FIX
+            fix = DATA_TRUST_FIX if role == "tensor file" else TRUST_FIX
             if role == "embeddings file":  # read with weights_only always: no flag unpickles it
                 fix = "save only tensors: torch.save({'embeddings': E, 'labels': y}, path)"
             raise UsageError(
@@ -146,7 +151,7 @@ def torch_load(path: Path, *, trust: bool, role: str, mmap: bool = False) -> Any
         raise
     except Exception as error:  # torch raises EOFError, KeyError, RuntimeError... on foreign bytes
         raise _not_a_torch_file(path, role, error) from error
-    return _unpickle(path)
+    return _unpickle(path, role)
 
 
 # What torch's weights-only unpickler says when it refuses a Python object (a class, a function,
@@ -179,7 +184,7 @@ def _not_a_torch_file(path: Path, role: str, error: BaseException) -> UsageError
     )
 
 
-def _unpickle(path: Path) -> Any:
+def _unpickle(path: Path, role: str = "checkpoint") -> Any:
     make_cwd_importable()
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
@@ -190,11 +195,15 @@ def _unpickle(path: Path) -> Any:
             )
         else:
             what = f"names code that cannot be imported ({one_line(str(error), limit=160)})"
+        save = (
+            "plain tensors: torch.save({'x': inputs, 'y': labels}, path)"
+            if role == "tensor file"
+            else "model.state_dict() and pass --model FILE.py:FACTORY"
+        )
         raise UsageError(
             path,
             what,
-            "run diagnose from the directory your training code runs from, or save "
-            "model.state_dict() and pass --model FILE.py:FACTORY",
+            f"run diagnose from the directory your training code runs from, or save {save}",
         ) from error
 
 

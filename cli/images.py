@@ -1,4 +1,11 @@
-"""Image folders: class sub-folders of images, decoded by Pillow into float32 ``[C, H, W]``."""
+"""Image folders: class sub-folders of images, decoded by Pillow into float32 ``[C, H, W]``.
+
+Channels: ``--grayscale`` reads one, ``--rgb`` three. Without either, the model decides once
+`fit_to_model` has told the folder what it takes (`embscope.cli.input_common.model_input`): a
+model whose first convolution takes one channel (or whose first Linear layer takes H x W
+features) gets one channel, read from single-channel images (a colour image among them is an
+error naming ``--grayscale``); a model of three channels gets every image converted to RGB.
+When the model does not tell, images are read as RGB."""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ import numpy as np
 import torch
 
 from embscope.cli.errors import UsageError, one_line
-from embscope.cli.input_common import Batch
+from embscope.cli.input_common import Batch, ModelInput
 
 IMAGE_EXTENSIONS = (
     ".png",
@@ -26,16 +33,22 @@ IMAGE_EXTENSIONS = (
     ".ppm",
     ".pgm",
 )
+# Pillow modes of one channel (with or without alpha): grey scans, 16-bit and float images.
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S"})
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I")
+CHANNEL_FLAGS = "--grayscale reads one channel, --rgb three"
 
 
 @dataclass(frozen=True)
 class ImageOptions:
-    """How images become tensors: ``--image-size``, ``--grayscale``, ``--mean``, ``--std``."""
+    """How images become tensors: ``--image-size``, ``--grayscale``, ``--mean``, ``--std``,
+    ``--rgb``."""
 
     size: tuple[int, int] | None = None  # (height, width)
     grayscale: bool = False
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    rgb: bool = False
 
     @property
     def given(self) -> list[str]:
@@ -43,6 +56,7 @@ class ImageOptions:
         flags = {
             "--image-size": self.size is not None,
             "--grayscale": self.grayscale,
+            "--rgb": self.rgb,
             "--mean": self.mean is not None,
             "--std": self.std is not None,
         }
@@ -52,11 +66,16 @@ class ImageOptions:
 class ImageFolder:
     """A folder of class sub-folders of images."""
 
-    hint = "check that --image-size, --grayscale, --mean and --std match the training transforms"
-
     def __init__(self, root: Path, options: ImageOptions) -> None:
+        if options.grayscale and options.rgb:
+            raise UsageError("--rgb", "not allowed with --grayscale", "pass one of them")
         self.path = root
         self.options = options
+        # channels read: 1, 3, or None (RGB, the model not asked); see fit_model
+        self.channels: int | None = 1 if options.grayscale else 3 if options.rgb else None
+        self.why = "--grayscale" if options.grayscale else "--rgb" if options.rgb else "the default"
+        self.expected = ModelInput()  # what the model takes, once fit_model was called
+        self.every_grey = False  # one channel chosen for the model: every image must be grey
         self.classes = sorted(
             d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
         )
@@ -101,6 +120,57 @@ class ImageFolder:
     def __len__(self) -> int:
         return len(self.files)
 
+    def fit_model(self, expected: ModelInput) -> None:
+        """Read the channels the model takes (unless --grayscale or --rgb chose): one channel
+        from grey images for a one-channel model, RGB for a three-channel one. A colour first
+        image for a one-channel model is a `UsageError` naming --grayscale."""
+        self.expected = expected
+        if self.options.grayscale or self.options.rgb or not self.files:
+            return
+        first = self.files[0]
+        mode, (width, height) = _peek(first)
+        channels = self._wanted(self.options.size or (height, width))
+        if channels == 1:
+            if mode not in GREY_MODES:
+                raise UsageError(
+                    first,
+                    f"is {_mode_name(mode)} but {self._takes(1)}",
+                    "pass --grayscale to convert the images to one channel",
+                )
+            self.channels, self.every_grey = 1, True
+            self.why = self._takes(1)
+        elif channels == 3:
+            self.channels = 3
+            self.why = self._takes(3)
+
+    def _wanted(self, size: tuple[int, int] | None) -> int | None:
+        """The channels the model takes: its first convolution's, or those that make its first
+        Linear layer's features from images of ``size`` (height, width)."""
+        expected = self.expected
+        if expected.channels is not None or expected.features is None or size is None:
+            return expected.channels
+        return {size[0] * size[1]: 1, 3 * size[0] * size[1]: 3}.get(expected.features)
+
+    def _takes(self, channels: int) -> str:
+        expected = self.expected
+        if expected.channels is None and expected.features is not None:
+            return f"{expected.source} takes {expected.features} features"
+        return expected.takes(channels)
+
+    @property
+    def hint(self) -> str:
+        """What to check when the model rejects the images: the shape the loader produced,
+        why, and the flags that change it."""
+        channels = 1 if self.channels == 1 else 3
+        size = "H, W" if self._size is None else f"{self._size[0]}, {self._size[1]}"
+        kind = "one channel" if channels == 1 else "RGB"
+        read = f"the images were read as [{channels}, {size}] ({kind}, {self.why})"
+        wanted = self._wanted(self._size)
+        if wanted in (1, 3) and wanted != channels:
+            flag = "--grayscale" if wanted == 1 else "--rgb"
+            return f"{self._takes(wanted)} but {read}: pass {flag}"
+        return f"{read}; {CHANNEL_FLAGS}, --image-size HxW resizes, --mean/--std normalise"
+
     def batches(self, batch_size: int) -> Iterator[Batch]:
         workers = max(1, min(8, os.cpu_count() or 1))
         starts = range(0, len(self.files), batch_size)
@@ -127,12 +197,19 @@ class ImageFolder:
         options = self.options
         try:
             with Image.open(file) as image:
-                if image.mode in ("I;16", "I;16L", "I;16B", "I"):  # 16-bit grey
+                if self.every_grey and image.mode not in GREY_MODES:
+                    raise UsageError(
+                        file,
+                        f"is {_mode_name(image.mode)} while the other images are one channel "
+                        f"and {self._takes(1)}",
+                        "pass --grayscale to convert every image to one channel",
+                    )
+                if image.mode in SIXTEEN_BIT_MODES:  # 16-bit grey
                     scale = 65535.0
                     image = image.convert("I")
                 else:
                     scale = 255.0
-                    image = image.convert("L" if options.grayscale else "RGB")
+                    image = image.convert("L" if self.channels == 1 else "RGB")
                 if options.size is not None:
                     height, width = options.size
                     image = image.resize((width, height), Image.Resampling.BILINEAR)
@@ -144,7 +221,7 @@ class ImageFolder:
                 "replace or remove the file",
             ) from error
         array = array.reshape(array.shape[0], array.shape[1], -1).transpose(2, 0, 1)
-        if not options.grayscale and array.shape[0] == 1:  # 16-bit grey read as RGB
+        if self.channels != 1 and array.shape[0] == 1:  # 16-bit grey read as RGB
             array = np.repeat(array, 3, axis=0)
         return np.ascontiguousarray(array)
 
@@ -175,3 +252,23 @@ class ImageFolder:
         if self.options.std is not None:
             batch /= np.asarray(self.options.std, dtype=np.float32).reshape(1, -1, 1, 1)
         return batch
+
+
+def _peek(file: Path) -> tuple[str, tuple[int, int]]:
+    """The Pillow mode and (width, height) of an image, from its header."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as image:
+            return image.mode, image.size
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        raise UsageError(
+            file,
+            f"cannot be read as an image ({one_line(str(error), 120)})",
+            "replace or remove the file",
+        ) from error
+
+
+def _mode_name(mode: str) -> str:
+    names = {"RGB": "RGB", "RGBA": "RGBA", "P": "a palette (colour) image", "CMYK": "CMYK"}
+    return names.get(mode, f"a {mode} image")

@@ -1,5 +1,6 @@
 """What the input readers share: the batch type, path checks, unreadable-file errors, dense
-tensors and integer class labels."""
+tensors, integer class labels, and what the model's first layer takes (`model_input`), which
+`fit_to_model` hands to a reader so that it reads images the way the model needs them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from embscope.cli.checkpoint import path_problem
 from embscope.cli.errors import UsageError, one_line
@@ -76,3 +78,74 @@ def _as_labels(value: Any, where: str) -> np.ndarray:
             where, f"has dtype {array.dtype}; expected integer class labels", "store class indices"
         )
     return array.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What a model's first layer takes, as far as its modules tell: the input channels of its
+    first ``Conv2d`` (or of an exported program's ``[B, C, H, W]`` input), else the
+    ``in_features`` of its first ``Linear`` (a model that flattens its images); ``source``
+    says which layer, for messages."""
+
+    channels: int | None = None
+    features: int | None = None
+    source: str = "the model"
+
+    def takes(self, channels: int) -> str:
+        """``"<source> takes 1 channel"`` (or N channels)."""
+        return f"{self.source} takes {channels} channel{'s' if channels != 1 else ''}"
+
+
+def model_input(model: Any) -> ModelInput:
+    """`ModelInput` of an ``nn.Module`` or ``torch.export.ExportedProgram`` (or a loaded
+    checkpoint's ``.module``). A model whose modules do not tell gives ``ModelInput()``.
+
+    The first ``Conv2d`` registered is taken as the one the images meet first (a CNN's first
+    convolution is nearly always declared first); a model without one is read by its first
+    ``Linear``.
+    """
+    if not isinstance(model, (nn.Module, torch.export.ExportedProgram)):
+        model = getattr(model, "module", model)  # a loaded checkpoint
+    if isinstance(model, torch.export.ExportedProgram):
+        shape = _exported_input_shape(model)
+        if shape is not None and len(shape) == 4 and type(shape[1]) is int:
+            return ModelInput(channels=shape[1], source="the exported program's input")
+        if shape is not None and len(shape) == 2 and type(shape[1]) is int:
+            return ModelInput(features=shape[1], source="the exported program's input")
+        return ModelInput()
+    if not isinstance(model, nn.Module):
+        return ModelInput()
+    modules = list(model.named_modules())
+    for name, module in modules:
+        if isinstance(module, nn.Conv2d) and module.in_channels > 0:  # 0: a lazy convolution
+            where = f" ({name})" if name else ""
+            return ModelInput(
+                channels=module.in_channels, source=f"the model's first convolution{where}"
+            )
+    for name, module in modules:
+        if isinstance(module, nn.Linear) and module.in_features > 0:
+            where = f" ({name})" if name else ""
+            return ModelInput(
+                features=module.in_features,
+                source=f"the model's first layer{where}, Linear({module.in_features}, ...),",
+            )
+    return ModelInput()
+
+
+def _exported_input_shape(program: torch.export.ExportedProgram) -> tuple | None:
+    user_inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs:
+            shape = getattr(node.meta.get("val"), "shape", None)
+            return None if shape is None else tuple(shape)
+    return None
+
+
+def fit_to_model(data: Any, model: Any) -> Any:
+    """Tell ``data`` (an `open_inputs` reader) what the model takes, so that an image folder
+    reads the channels the model needs and a failed forward's hint can say what the model
+    takes; readers without such a choice are left as they are. Returns ``data``."""
+    fit = getattr(data, "fit_model", None)
+    if fit is not None:
+        fit(model_input(model))
+    return data

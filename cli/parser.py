@@ -169,9 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--image-size", type=_image_size, metavar="N|HxW", help="resize images to N x N or H x W"
     )
-    data.add_argument(
-        "--grayscale", action="store_true", help="read images as one channel (default: RGB)"
+    channels = data.add_mutually_exclusive_group()
+    channels.add_argument(
+        "--grayscale",
+        action="store_true",
+        help="read images as one channel (default: the channels the model's first layer takes, "
+        "else RGB)",
     )
+    channels.add_argument("--rgb", action="store_true", help="read images as three channels (RGB)")
     data.add_argument(
         "--mean",
         type=_floats,

@@ -88,6 +88,7 @@ def _diagnose_embeddings(args: argparse.Namespace) -> tuple[Any, list[str]]:
         "--embedding-layer": args.embedding_layer,
         "--image-size": args.image_size,
         "--grayscale": args.grayscale or None,
+        "--rgb": args.rgb or None,
         "--mean": args.mean,
         "--std": args.std,
         "--label-column": args.label_column,
@@ -159,13 +160,14 @@ def _diagnose_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
     from embscope.cli.checkpoint import load_model
     from embscope.cli.data import ImageOptions, open_inputs
     from embscope.cli.distributed import active, shard_inputs
+    from embscope.cli.input_common import fit_to_model
     from embscope.cli.model_run import model_error, resolve_device
     from embscope.diagnostics import InputError, diagnose_model
 
     checkpoint, data_path = (Path(p) for p in args.inputs)
     ctx = active()
     device = resolve_device(args.device) if ctx is None else ctx.device
-    image = ImageOptions(args.image_size, args.grayscale, args.mean, args.std)
+    image = ImageOptions(args.image_size, args.grayscale, args.mean, args.std, rgb=args.rgb)
     if args.std is not None and min(args.std) <= 0:
         raise UsageError(
             "--std", f"must be positive, got {args.std}", "give standard deviations > 0"
@@ -180,6 +182,7 @@ def _diagnose_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
         model_kwargs=args.model_kwargs,
         trust=args.trust_checkpoint,
     )
+    fit_to_model(data, loaded)  # images read with the channels the model takes
     options = {**_diagnoser_options(args), **_head_options(args, loaded)}
     _warm_plotting()
     with _progress(len(data), "sample") as bar:

@@ -146,6 +146,9 @@ class ModelRunner:
         except InputError:
             raise
         except Exception as error:
+            # a forward that fails without labels too is about the inputs (their shape), not
+            # the labels: that error, with the data's hint, is the one to report
+            self._call(inputs.to(self.device), None)
             raise InputError(
                 "model",
                 f"forward(inputs, {self.labels_parameter}=labels) failed ({_one_line(error)})",

@@ -200,8 +200,13 @@ CASES: list[tuple[str, Argv, tuple[str, ...]]] = [
             d.images,
             "--model",
             factory(d, "make_net"),
-        ],  # RGB, model wants 1 channel
-        ("forward failed on inputs of shape [64, 3, 8, 8]", "--grayscale"),
+            "--rgb",
+        ],  # RGB forced, the model's Linear(64) wants one channel of 8x8
+        (
+            "forward failed on inputs of shape [64, 3, 8, 8]",
+            "takes 64 features but the images were read as [3, 8, 8]",
+            "pass --grayscale",
+        ),
     ),
     (
         "factory that does not exist",

@@ -119,7 +119,7 @@ def test_tensor_file_errors(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"short.npz: holds 4 labels \('y'\) for 5 inputs \('x'\)"):
         open_inputs(tmp_path / "short.npz")
     np.savez(tmp_path / "keys.npz", a=np.zeros((5, 2)), b=np.zeros(5))
-    with pytest.raises(UsageError, match=r"holds keys \['a', 'b'\] but no inputs and labels .*x/y"):
+    with pytest.raises(UsageError, match=r"holds keys \['a', 'b'\]: no inputs and labels .*under x"):
         open_inputs(tmp_path / "keys.npz")
     np.save(tmp_path / "dict.npy", {"x": np.zeros((2, 2)), "y": np.zeros(2)})
     with pytest.raises(UsageError, match=r"pickled Python object .*--trust-checkpoint"):
