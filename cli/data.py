@@ -33,6 +33,7 @@ from embscope.cli.embedding_files import EmbeddingChunk, EmbeddingFile
 from embscope.cli.errors import UsageError
 from embscope.cli.images import ImageFolder, ImageOptions
 from embscope.cli.input_common import Batch, _check_path
+from embscope.cli.masks import open_dense
 from embscope.cli.tables import Table
 from embscope.cli.tensor_files import TensorFile
 
@@ -62,6 +63,9 @@ def open_inputs(
     path = Path(path)
     image = image or ImageOptions()
     _check_path(path, "data file or folder")
+    dense = open_dense(path, image=image, label_column=label_column, trust=trust)
+    if dense is not None:  # images with masks (cli/masks.py)
+        return dense
     if path.is_dir():
         if (path / "embeddings.npy").exists():
             raise UsageError(

@@ -187,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--label-column", metavar="NAME", help="the labels' column of a CSV/Parquet table"
     )
+    data.add_argument(
+        "--ignore-index",
+        type=int,
+        metavar="K",
+        help="segmentation masks: the value of unlabelled pixels (default 255)",
+    )
     diag = parser.add_argument_group("diagnostics")
     diag.add_argument(
         "--space",

@@ -161,8 +161,10 @@ def _diagnose_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
     from embscope.cli.data import ImageOptions, open_inputs
     from embscope.cli.distributed import active, shard_inputs
     from embscope.cli.input_common import fit_to_model
+    from embscope.cli.masks import dense_options
     from embscope.cli.model_run import model_error, resolve_device
     from embscope.diagnostics import InputError, diagnose_model
+    from embscope.diagnostics.segmentation_model import diagnose_segmentation_model
 
     checkpoint, data_path = (Path(p) for p in args.inputs)
     ctx = active()
@@ -184,6 +186,8 @@ def _diagnose_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
     )
     fit_to_model(data, loaded)  # images read with the channels the model takes
     options = {**_diagnoser_options(args), **_head_options(args, loaded)}
+    options.update(dense_options(args, data))  # segmentation data (cli/masks.py)
+    run = diagnose_segmentation_model if getattr(data, "dense", False) else diagnose_model
     _warm_plotting()
     with _progress(len(data), "sample") as bar:
 
@@ -193,7 +197,7 @@ def _diagnose_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
                 bar.update(len(batch.labels))
 
         try:
-            report = diagnose_model(
+            report = run(
                 loaded.module,
                 batches(),
                 device=device,
