@@ -15,7 +15,7 @@ The file is long because it is the table: one record per metric, kept in one pla
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -586,6 +586,63 @@ METRICS: tuple[MetricInfo, ...] = (
         "[0, inf)",
         "labelled pixels whose logits or embeddings hold NaN/Inf (skipped)",
     ),
+    # several views of the same samples (views_report.py); views.* and fusion_gain.* below
+    _m(
+        r"agreement\.[\w-]+\.[\w-]+\.(nn_agreement|knn_overlap)",
+        "views",
+        None,
+        "[0, 1]",
+        "share of samples with the same nearest neighbour in two views / mean share of their "
+        "10 nearest neighbours in common",
+        "brute force",
+    ),
+    _m(
+        r"agreement\.[\w-]+\.[\w-]+\.spearman",
+        "views",
+        None,
+        "[-1, 1]",
+        "Spearman correlation of two views' cosine similarities over pairs",
+        "scipy.stats.spearmanr",
+    ),
+    _m(
+        r"agreement\.[\w-]+\.[\w-]+\.(only_first_right|only_second_right|complementarity)",
+        "views",
+        None,
+        "[0, 1]",
+        "share of samples whose nearest neighbour has their class in one view and not the other",
+        "brute force",
+    ),
+    _m(
+        r"attention\.[\w-]+\.(class-?\d+\.)?(mean|std)",
+        "views",
+        None,
+        "[0, 1]",
+        "a view's mean attention weight (per class) and its standard deviation",
+        "numpy",
+    ),
+    _m(
+        "attention.balance_gap",
+        "views",
+        "lower",
+        "[0, 2]",
+        "sum over views of |mean weight - 1/V|",
+        "numpy",
+    ),
+    _m(
+        "attention.degenerate_fraction",
+        "views",
+        "lower",
+        "[0, 1]",
+        "share of samples whose largest attention weight exceeds 0.9",
+        "numpy",
+    ),
+)
+
+# Families whose records derive from another metric's: ``views.<name>.<metric>`` is a view's own
+# <metric>; ``fusion_gain.<metric>`` the fused view's <metric> minus the best other view's.
+_DERIVED = (
+    (r"views\.[\w-]+\.", "views", "of one view: "),
+    (r"fusion_gain\.", "views", "fused minus the best single view: "),
 )
 
 
@@ -594,6 +651,24 @@ def info(name: str) -> MetricInfo | None:
     for m in METRICS:
         if m.matches(name):
             return m
+    for prefix, group, meaning in _DERIVED:
+        head = re.match(prefix, name)
+        inner = info(name[head.end() :]) if head else None
+        if inner is not None:
+            span = inner.range
+            if prefix.startswith("fusion"):  # a difference of two values of the metric
+                span = "[-1, 1]" if inner.range == "[0, 1]" else "(-inf, inf)"
+            return replace(
+                inner,
+                key=prefix + inner.key,
+                group=group,
+                range=span,
+                meaning=meaning + inner.meaning,
+                headline=False,
+                compared=False,
+                gated=False,
+                tolerance=None,
+            )
     return None
 
 
