@@ -46,6 +46,7 @@ from .pairs import PairSample, pair_similarities
 from .report import Recommendation, Report, direction
 from .retrieval import RetrievalResult, knn_retrieval
 from .verification import VerificationResult, verification_metrics
+from .views import ViewsDiagnoser, diagnose_views
 
 __all__ = [
     "CalibrationResult",
@@ -63,6 +64,7 @@ __all__ = [
     "RetrievalResult",
     "ScoreSeparation",
     "VerificationResult",
+    "ViewsDiagnoser",
     "adacos_scale",
     "calibration_metrics",
     "centroid_confusion",
@@ -71,6 +73,7 @@ __all__ = [
     "compare",
     "diagnose",
     "diagnose_model",
+    "diagnose_views",
     "direction",
     "embed",
     "find_margin_head",
