@@ -293,3 +293,58 @@ def load_report(path: str | Path, option: str) -> Any:
         return Report.load(path)
     except InputError as error:
         raise UsageError(option, f"{error.subject} {error.what}", error.fix()) from error
+
+
+def model_names(paths: list[str]) -> list[str]:
+    """Short names of report paths: a report folder's name (``runs/bce/report.json`` and
+    ``runs/bce`` -> ``bce``), else the file's name; the whole path where names would repeat."""
+    names = []
+    for p in paths:
+        path = Path(p)
+        names.append(path.parent.name if path.suffix == ".json" and path.parent.name else path.name)
+    if len(set(names)) < len(names) or not all(names):
+        return [str(p) for p in paths]
+    return names
+
+
+def rank_reports(args: Any) -> int:
+    """``diagnose compare A.json B.json C.json ...``: `compare_many`'s ranked table."""
+    from embscope.diagnostics.compare import IncomparableReports
+    from embscope.diagnostics.ranking import compare_many
+
+    paths = [str(p) for p in args.many]
+    reports = [load_report(p, p) for p in paths]
+    names = model_names(paths)
+    metrics = parse_metric_names(args.metrics) if args.metrics is not None else None
+    if metrics is None and args.gate is not None:
+        metrics = parse_gate(args.gate)
+    try:
+        ranking = compare_many(
+            reports,
+            names,
+            rank_by=args.rank_by,
+            metrics=metrics,
+            tolerance=tolerance_value(args.tolerance),
+            allow_different_data=args.allow_different_data,
+        )
+    except IncomparableReports as error:
+        path = paths[names.index(error.sides[1])] if error.sides[1] in names else paths[-1]
+        against = paths[names.index(error.sides[0])] if error.sides[0] in names else paths[0]
+        raise _incomparable(error, path, path, against) from error
+    except ValueError as error:
+        option = "--rank-by" if args.rank_by and "rank_by" in str(error) else "--metrics"
+        raise UsageError(option, str(error), "name metrics every report holds") from error
+    print(ranking.to_markdown().rstrip())
+    return 0
+
+
+def checkpoint_lines(report: Any, baseline: Any, paths: list[str]) -> list[str]:
+    """Whether the run and each baseline come from the same weights (`provenance`)."""
+    from embscope.diagnostics.provenance import checkpoint_phrase
+
+    baselines = baseline if isinstance(baseline, list) else [baseline]
+    return [
+        checkpoint_phrase(b, report, (str(p), "this run"))
+        + (f" ({p})" if len(baselines) > 1 else "")
+        for b, p in zip(baselines, paths, strict=False)
+    ]

@@ -100,6 +100,10 @@ def run_compare(args: argparse.Namespace) -> int:
         tolerance_value,
     )
 
+    if getattr(args, "many", None):  # three or more reports: one ranked table
+        from embscope.cli.ci import rank_reports
+
+        return rank_reports(args)
     metrics = parse_metric_names(args.metrics) if args.metrics is not None else None
     gate = parse_gate(args.gate) if args.gate is not None else None
     if isinstance(args.a, list):

@@ -285,7 +285,10 @@ def _ci_options(group: Any) -> None:
     )
 
 
-COMPARE_USAGE = "diagnose compare A.json B.json | diagnose compare A1.json A2.json ... -- B.json"
+COMPARE_USAGE = (
+    "diagnose compare A.json B.json | diagnose compare A1.json A2.json ... -- B.json | "
+    "diagnose compare A.json B.json C.json ..."
+)
 
 
 def build_compare_parser() -> argparse.ArgumentParser:
@@ -301,7 +304,14 @@ def build_compare_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="REPORT.json",
         help="A.json B.json (A the baseline, e.g. the BCE model; B the candidate), or the "
-        "baselines, then --, then B",
+        "baselines, then --, then B; three or more reports without --: one ranked table, each "
+        "model judged against the best",
+    )
+    parser.add_argument(
+        "--rank-by",
+        metavar="NAME",
+        help="three or more reports: the metric that ranks them (default f1, macro_f1, miou, "
+        "map_at_r, recall_at_1 or fisher_ratio, the first every report holds)",
     )
     parser.add_argument(
         "--metrics",
@@ -322,14 +332,23 @@ def parse_compare_args(argv: list[str]) -> argparse.Namespace:
         if not after or after[0].startswith("-"):
             raise UsageError("diagnose compare", "expects B.json after --", COMPARE_USAGE)
         args = build_compare_parser().parse_args(argv[:i] + after[1:])
+        if args.rank_by is not None:
+            raise UsageError(
+                "--rank-by", "applies to three or more reports without --", "remove it"
+            )
         args.a, args.b = list(args.reports), after[0]
         return args
     args = build_compare_parser().parse_args(argv)
-    if len(args.reports) != 2:
+    if len(args.reports) < 2:
         raise UsageError(
             "diagnose compare",
-            f"expects two reports, got {len(args.reports)}",
-            f"for several baselines write {COMPARE_USAGE.split(' | ')[1]}",
+            f"expects two reports or more, got {len(args.reports)}",
+            f"write {COMPARE_USAGE}",
         )
+    if len(args.reports) > 2:  # N-way: cli/ci.py rank_reports
+        args.many, args.a, args.b = list(args.reports), None, None
+        return args
+    if args.rank_by is not None:
+        raise UsageError("--rank-by", "applies to three or more reports", "remove --rank-by")
     args.a, args.b = args.reports
     return args

@@ -216,7 +216,11 @@ def _diagnose_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
     notes = [f"\nembedding: {source['embedding']}"]
     if not source["margin_leak_probed"]:
         notes.append("margin leak: none possible (forward takes no labels)")
-    return replace(report, meta={**report.meta, "source": meta}), notes
+    from embscope.diagnostics.provenance import file_fingerprint
+
+    fingerprint = {**report.meta.get("checkpoint", {}), "file": file_fingerprint(checkpoint)}
+    report = replace(report, meta={**report.meta, "source": meta, "checkpoint": fingerprint})
+    return report, notes
 
 
 def _compute(diagnoser: Any, subject: object, fix: str) -> Any:
@@ -278,6 +282,9 @@ def _finish(
             lines += [f"  {regression}" for regression in regressions]
         else:
             lines.append(f"\nno regression against {against} (tolerance {tol})")
+        from embscope.cli.ci import checkpoint_lines
+
+        lines += checkpoint_lines(report, baseline, list(args.baseline))
     if failures:
         lines.append("\n--fail-on:")
         lines += [f"  {line}" for line in failures]

@@ -43,6 +43,7 @@ from .metrics import (
 )
 from .model import diagnose_model, embed
 from .pairs import PairSample, pair_similarities
+from .ranking import Ranking, compare_many
 from .report import Recommendation, Report, direction
 from .retrieval import RetrievalResult, knn_retrieval
 from .verification import VerificationResult, verification_metrics
@@ -58,6 +59,7 @@ __all__ = [
     "History",
     "InputError",
     "PairSample",
+    "Ranking",
     "Recommendation",
     "Regression",
     "Report",
@@ -71,6 +73,7 @@ __all__ = [
     "check_regression",
     "classification_scores",
     "compare",
+    "compare_many",
     "diagnose",
     "diagnose_model",
     "diagnose_views",

@@ -44,6 +44,7 @@ from .intervals import (
     score_replicates,
     z_value,
 )
+from .provenance import checkpoint_phrase
 from .registry import compared_keys, gate_tolerance, gated_keys, info, is_count
 from .report import Recommendation, Report, direction
 
@@ -696,6 +697,7 @@ class Comparison:
     gated: list = field(default_factory=list)
     regressions: list = field(default_factory=list)
     omitted: list = field(default_factory=list)
+    checkpoints: str = ""
 
     def to_dict(self) -> dict:
         from .report import _clean
@@ -703,6 +705,7 @@ class Comparison:
         return {
             "verdict": self.verdict,
             "reason": self.reason,
+            "checkpoints": self.checkpoints,
             "wins": self.wins,
             "losses": self.losses,
             "gated": self.gated,
@@ -714,16 +717,22 @@ class Comparison:
 
     def to_markdown(self) -> str:
         """The verdict, then the counted (gated) metrics with their intervals and decisions,
-        then the other comparable metrics."""
+        then the other comparable metrics, grouped as the registry groups them (task,
+        separation, geometry, ...)."""
         head = "| metric | A | B | B - A | better | A interval | B interval | decision |"
         rule = "|---|---:|---:|---:|---|---:|---:|---|"
-        lines = [f"**Verdict: {self.verdict}**: {self.reason}", "", head, rule]
+        lines = [f"**Verdict: {self.verdict}**: {self.reason}", ""]
+        if self.checkpoints:
+            lines += [f"{self.checkpoints[0].upper()}{self.checkpoints[1:]}.", ""]
+        lines += ["Judged metrics:", "", head, rule]
         first = [k for k in self.gated if k in self.deltas]
         rest = [k for k in self.deltas if k not in first]
         lines += [self._row(k) for k in first]
         if rest:
-            lines += ["", "Other metrics (not in the verdict):", "", head, rule]
-            lines += [self._row(k) for k in rest]
+            lines += ["", "Other metrics (not in the verdict), by group:"]
+            for group, names in _grouped(rest):
+                lines += ["", f"*{group}*", "", head, rule]
+                lines += [self._row(k) for k in names]
         if self.omitted:
             lines += [
                 "",
@@ -741,6 +750,19 @@ class Comparison:
             f"{_iv(d.get('a_interval'))} | {_iv(d.get('b_interval'))} | "
             f"{_decision_text(dec) if dec else ''} |"
         )
+
+
+def _grouped(names: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """``names`` by their registry group, groups in the registry's order, names sorted."""
+    from .registry import METRICS
+
+    order = list(dict.fromkeys(m.group for m in METRICS))
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        record = info(name)
+        groups.setdefault(record.group if record else "other", []).append(name)
+    ranked = sorted(groups, key=lambda g: order.index(g) if g in order else len(order))
+    return [(g, sorted(groups[g])) for g in ranked]
 
 
 def _num(v: float) -> str:
@@ -838,6 +860,10 @@ def compare(
     else:
         verdict = "a_better" if losses else "b_better" if wins else "no_difference"
         reason = summary
+    checkpoints = "; ".join(
+        checkpoint_phrase(b, report_b, (f"A{i + 1}" if len(baselines) > 1 else "A", "B"))
+        for i, b in enumerate(baselines)
+    )
     return Comparison(
         deltas,
         verdict,
@@ -849,6 +875,7 @@ def compare(
         list(counted),
         regressions,
         sorted(omitted),
+        checkpoints,
     )
 
 

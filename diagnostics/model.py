@@ -25,6 +25,7 @@ from torch import nn
 from .diagnoser import Diagnoser
 from .errors import InputError
 from .leak import LeakScores, any_rank, distributed_group, with_leak_scores
+from .provenance import state_dict_fingerprint
 from .report import Report
 from .runner import ModelRunner
 
@@ -142,7 +143,8 @@ def diagnose_model(
         "margin_leak_probed": leak is not None,
         "device": str(runner.device),
     }
-    return replace(report, meta={**report.meta, "source": source})
+    fingerprint = {"state_dict": state_dict_fingerprint(model)}  # provenance.py
+    return replace(report, meta={**report.meta, "source": source, "checkpoint": fingerprint})
 
 
 def embed(
