@@ -112,7 +112,7 @@ def test_folder_and_tensor_file_give_sklearn_iou(seg, source, tmp_path):
     if source == "data":
         assert all(w["id"].endswith(".png") for w in sec["worst_images"])
     html = (out / "report.html").read_text()
-    assert "Segmentation" in html
+    assert "Worst images (lowest mean IoU)" in html and "plot-seg_confusion" in html
 
 
 def test_ignore_index_option(seg, tmp_path):
