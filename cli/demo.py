@@ -156,7 +156,15 @@ def _train_diagnose_write(out: Path, *, force: bool, epochs: int, seed: int) -> 
     reports, files = {}, {}
     for name, model in models.items():
         train(model, split, epochs=epochs, seed=seed)
-        reports[name] = diagnose_model(model, split.x_val, split.y_val, ids=split.ids_val)
+        # thumbnails: rows of 64 pixels are 8x8 scans in [0, 1] plus noise
+        reports[name] = diagnose_model(
+            model,
+            split.x_val,
+            split.y_val,
+            ids=split.ids_val,
+            image_shape=(8, 8),
+            image_range=(0, 1),
+        )
     # the ArcFace report carries the measured verdict against the BCE baseline
     reports["arcface"] = reports["arcface"].with_recommendations(
         recommend(reports["arcface"], baseline=reports["bce"])

@@ -28,6 +28,7 @@ from .leak import LeakScores, any_rank, distributed_group, with_leak_scores
 from .provenance import state_dict_fingerprint
 from .report import Report
 from .runner import ModelRunner
+from .thumbnails import THUMBNAIL_COUNT, HardestInputs, with_thumbnails
 
 DEFAULT_BATCH_SIZE = 64
 
@@ -49,6 +50,9 @@ def diagnose_model(
     batch_size: int = DEFAULT_BATCH_SIZE,
     ids: Sequence[str] | None = None,
     eval_with_labels: bool = False,
+    thumbnails: int = THUMBNAIL_COUNT,
+    image_shape: Sequence[int] | None = None,
+    image_range: tuple[float, float] | None = None,
     **diagnoser_options: Any,
 ) -> Report:
     """Run ``model`` on labelled ``data`` and diagnose its embeddings and logits.
@@ -87,6 +91,16 @@ def diagnose_model(
     eval_with_labels : bool
         Call ``forward(inputs, labels=labels)`` as a validation loop that passes the labels
         does: with a margin that leaks into evaluation, those are the logits it reports.
+    thumbnails : int
+        When the inputs are images, the report keeps thumbnails of this many of its hardest
+        samples (``sections["thumbnails"]``, id -> base64 PNG; only their inputs are held while
+        the data stream, `embscope.diagnostics.thumbnails`); 0 keeps none.
+    image_shape : (H, W) or (C, H, W), optional
+        View flat inputs as images of this shape for the thumbnails (``[B, 1 or 3, H, W]``
+        inputs are images without it).
+    image_range : (low, high), optional
+        The input values the thumbnails show black and white, clipped (default: [0, 1] for
+        inputs within it, else each image's minimum and maximum).
     **diagnoser_options
         `Diagnoser` options: space, reservoir_size, seed, thresholds...
 
@@ -115,6 +129,13 @@ def diagnose_model(
         diagnoser = Diagnoser(head=runner.head, margin_leak=bool(leak), **diagnoser_options)
         # with a leak, every batch also runs the other way, to score both (diagnostics.leak)
         both = LeakScores(cosine=diagnoser.space == "cosine") if leak else None
+        keeper = HardestInputs(
+            thumbnails,
+            image_shape=image_shape,
+            image_range=image_range,
+            cosine=diagnoser.space == "cosine",
+            positional_ids=not distributed,  # positions across processes are not the report's
+        )
         for batch in chain([first], batches):
             embedding, logits = runner(batch.inputs, batch.labels, with_labels=eval_with_labels)
             if both is not None and logits is not None:
@@ -125,6 +146,7 @@ def diagnose_model(
                 diagnoser.update(embedding, batch.labels, logits=logits, ids=batch.ids)
             except (ValueError, TypeError) as error:
                 raise InputError("data", str(error), "check the data", argument="data") from error
+            keeper.update(batch.inputs, embedding, batch.labels, logits, batch.ids)
     if both is not None and distributed:
         both.sync(group)
     try:
@@ -138,6 +160,7 @@ def diagnose_model(
         ) from error
     if both is not None and both.state is not None:
         report = with_leak_scores(report, both.state, diagnoser.thresholds)
+    report = with_thumbnails(report, keeper)
     source = {
         "embedding": runner.embedding_source,
         "margin_leak_probed": leak is not None,

@@ -162,6 +162,9 @@ def test_run_demo_writes_both_reports_and_the_comparison_and_never_replaces_them
     bce = Report.from_json((out / "bce" / "report.json").read_text())
     arcface = Report.from_json((out / "arcface" / "report.json").read_text())
     assert "head.s" not in bce.metrics and arcface.metrics["head.s"] == 16.0
+    for report in (bce, arcface):  # thumbnails of the hardest 16 scans (diagnostics.thumbnails)
+        hardest = [h["id"] for h in report.sections["hardest"]]
+        assert list(report.sections["thumbnails"]) == hardest[:16]
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["deltas"]["f1"]["a"] == pytest.approx(bce.metrics["f1"])
     assert comparison["deltas"]["f1"]["b"] == pytest.approx(arcface.metrics["f1"])

@@ -5,6 +5,7 @@ what shape the loader produced and which flags change it."""
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -99,8 +100,12 @@ def test_issue_grayscale_scans_and_a_one_channel_model_run_without_flags(project
     _scans(project)
     result = run_diagnose("ckpt.pt", "val_imgs/", "--model", "mynet.py:build", cwd=project)
     assert result.returncode == 0, result.stderr
-    assert (project / "embscope-report" / "report.json").exists()
     assert "labels argument" not in result.stderr
+    # the image folder's report keeps thumbnails of its hardest samples, named by file
+    report = json.loads((project / "embscope-report" / "report.json").read_text())
+    hardest = [h["id"] for h in report["sections"]["hardest"]]
+    assert list(report["sections"]["thumbnails"]) == hardest[:16]
+    assert all((project / name).is_file() for name in hardest[:16])
 
 
 def test_one_channel_model_reads_one_channel_and_three_channel_model_converts(
