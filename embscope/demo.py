@@ -228,9 +228,9 @@ class DigitsNet(nn.Module):
 
 
 class LeakyMarginNet(DigitsNet):
-    """:class:`DigitsNet` with the bug of the user's notes: whenever labels are passed, the margin
-    head applies its margin, in evaluation too (the notes' ``OCEC.forward`` fed the labels to the
-    ArcFace head during validation). Training is unchanged; a validation loop that passes labels
+    """:class:`DigitsNet` with a common bug: whenever labels are passed, the margin head applies its
+    margin, in evaluation too (a forward that feeds the labels to the ArcFace head during
+    validation). Training is unchanged; a validation loop that passes labels
     gets margin-penalised logits. Here to show what ``probe_margin_leak`` and ``fix_eval_margin``
     catch; never model code to copy.
     """

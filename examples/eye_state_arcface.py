@@ -1,15 +1,15 @@
-"""The eye open/closed story of the user's notes, end to end, on a gray-zone task from real data.
+"""A binary classifier switched from BCE to ArcFace, end to end, on a gray-zone task from real data.
 
-The notes: a binary eye-state classifier trained with BCE got an ArcFace head to fix its gray
+The story: a binary eye-state classifier trained with BCE got an ArcFace head to fix its gray
 zone; validation then collapsed (``col0 mean=-4.060, col1 mean=0.443, probs mean=0.982``, F1
 near 0) because the margin was applied at evaluation, and s was judged too large. Here the
 same four models are trained on odd-vs-even digits (positives thinned to a third, pixel noise,
 ``embscope.demo.digits_binary``) and diagnosed on the validation set:
 
 1. ``bce``: one logit with BCE (the baseline);
-2. ``arcface_s8``: ArcFace m = 0.2, s = 8 (the notes' fix);
+2. ``arcface_s8``: ArcFace m = 0.2, s = 8 (the switch);
 3. ``arcface_leak_s16``: ArcFace m = 0.2, s = 16 whose forward applies the margin whenever labels
-   are passed, validated with labels (the notes' bug);
+   are passed, validated with labels (the margin leaks into validation);
 4. ``arcface_s64``: ArcFace m = 0.2, s = 64 (the face-recognition scale).
 
 Writes into ``--out`` (default ``eye_state_out/``): ``<model>/report.json``, ``report.md`` and
@@ -52,7 +52,7 @@ def main() -> None:
     for name, model in models.items():
         model.body.load_state_dict(models["bce"].body.state_dict())  # one initial body for all
         train(model, split, epochs=epochs, seed=0)
-        # the notes' validation loop passed the labels to forward
+        # a validation loop that passes the labels to forward, as many do
         reports[name] = diagnose_model(
             model, (split.x_val, split.y_val), ids=split.ids_val, eval_with_labels=True
         )

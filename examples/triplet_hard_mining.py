@@ -1,6 +1,6 @@
 """Triplet loss with random triplets vs batch-hard mining, diagnosed as an embedding model.
 
-The notes' stage-1 model learns an embedding with a triplet loss (cosine distance, margin 0.3)
+A typical first-stage model learns an embedding with a triplet loss (cosine distance, margin 0.3)
 and no classifier. Here the same MLP embedding (64 -> 64 -> 16) is trained on the ten digits
 (pixel noise 0.2) three ways:
 
