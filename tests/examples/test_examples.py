@@ -60,6 +60,13 @@ PROMISES = {
         "comparison_focal_a75.md",
     ],
     "triplet_hard_mining.py": [*reports("random", "hard", "warmup_hard"), "comparison.md"],
+    "segmentation_focal.py": [
+        *reports("ce", "focal", "focal_alpha", "ce_weighted"),
+        "per_class.md",
+        "comparison_focal.md",
+        "comparison_focal_alpha.md",
+        "comparison_ce_weighted.md",
+    ],
     "training_monitor.py": [
         "history.csv",
         "trends.png",
