@@ -29,6 +29,7 @@ from .provenance import state_dict_fingerprint
 from .report import Report
 from .runner import ModelRunner
 from .thumbnails import THUMBNAIL_COUNT, HardestInputs, with_thumbnails
+from .views_model import first_output_has_views, views_report
 
 DEFAULT_BATCH_SIZE = 64
 
@@ -121,6 +122,9 @@ def diagnose_model(
     if first is None:
         raise InputError("data", "holds no samples", "pass labelled data", argument="data")
     with runner.evaluating():
+        if first_output_has_views(runner, first.inputs):  # named embeddings: views_model.py
+            name = type(model).__name__
+            return views_report(runner, chain([first], batches), diagnoser_options, name)
         leak = runner.probe(first.inputs, first.labels)
         distributed, group = distributed_group(diagnoser_options)
         if distributed:  # every rank runs the second forward, or none

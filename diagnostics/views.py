@@ -115,8 +115,13 @@ class ViewsDiagnoser:
             )
         self.names = names
         for name in names:
+            options = dict(self.options)
+            if name != self.fused:  # the head and the probe's finding are the fused model's
+                options = {
+                    k: v for k, v in options.items() if k not in ("margin_leak", "head_info")
+                }
             head = self.head if name == self.fused else None
-            self.diagnosers[name] = Diagnoser(head=head, sync_on_compute=False, **self.options)
+            self.diagnosers[name] = Diagnoser(head=head, sync_on_compute=False, **options)
 
     @torch.no_grad()
     def update(
@@ -286,32 +291,42 @@ class ViewsDiagnoser:
         return self
 
     def sync(self, group=None) -> ViewsDiagnoser:
-        """Fold the states of every rank of ``group`` into this one (all ranks end equal): each
-        view's Diagnoser syncs as a `Diagnoser` does, then the joint sample and the attention
-        sums of every rank are gathered and merged in rank order."""
+        """Fold the states of every rank of ``group`` into this one (all ranks end equal): the
+        joint sample and the attention sums of every rank are gathered and merged in rank
+        order, and each view's Diagnoser syncs as a `Diagnoser` does (a rank that saw no batch
+        takes the views of the others)."""
         import torch.distributed as dist
 
         if self.synced:
             return self
-        for name in self.names or []:
-            self.diagnosers[name].sync(group)
         mine = {
             "names": self.names,
             "fused": self.fused,
             "dims": self.dims,
             "joint": self.joint.state(),
             "attention": self.attention,
+            "with_attention": self.with_attention,
         }
         states: list = [None] * dist.get_world_size(group)
         dist.all_gather_object(states, mine, group=group)
+        live = [s for s in states if s["names"] is not None]
+        for s in live:
+            if (set(s["names"]), s["fused"]) != (set(live[0]["names"]), live[0]["fused"]):
+                raise ValueError(
+                    f"cannot sync: views {live[0]['names']} (fused {live[0]['fused']!r}) on one "
+                    f"rank, {s['names']} (fused {s['fused']!r}) on another"
+                )
+        if live and self.names is None:
+            self.fused = live[0]["fused"]
+            self._start({n: None for n in live[0]["names"]})
+        for name in self.names or []:
+            self.diagnosers[name].sync(group)
         self.joint = Reservoir(self.joint_rows, self.seed)
         self.attention = None
-        for state in states:
-            if state["names"] is None:
-                continue
-            if self.names is None:
-                self.names, self.fused = state["names"], state["fused"]
-            self.dims = self.dims or state["dims"]
+        for state in live:
+            self.dims = self.dims or dict(state["dims"])
+            if self.with_attention is None:
+                self.with_attention = state["with_attention"]
             part = Reservoir(self.joint_rows, self.seed)
             part.seen = state["joint"]["seen"]
             if state["joint"]["rows"] is not None and len(state["joint"]["keys"]):
