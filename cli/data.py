@@ -3,10 +3,13 @@
 Model inputs (``diagnose CHECKPOINT DATA``):
 
 - a folder of class sub-folders of images, classes sorted by name -> label 0, 1, ...; images
-  decoded by Pillow to float32 in [0, 1], shape ``[C, H, W]``, optionally resized, converted to
-  one channel and normalised with ``(x - mean) / std``; sample ids are the file paths;
+  decoded by Pillow to float32 in [0, 1], shape ``[C, H, W]`` with the channels the model takes
+  (`embscope.cli.images`), optionally resized and normalised with ``(x - mean) / std``; sample
+  ids are the file paths;
 - a tensor file: ``.pt`` (read with ``weights_only``), ``.npz`` or ``.npy`` holding inputs and
-  labels under ``x``/``y``, ``inputs``/``labels`` or ``images``/``targets`` (integer inputs are
+  labels under one of the usual pairs of names (``x``/``images``/``data``... and
+  ``y``/``labels``/``targets``...), a pair, a list of (input, label) pairs, or with
+  ``--trust-checkpoint`` a ``TensorDataset`` (`embscope.cli.tensor_files`; integer inputs are
   scaled to [0, 1] when uint8);
 - a CSV or Parquet table: ``--label-column`` names the labels, every other numeric column is a
   feature.
