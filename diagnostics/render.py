@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from .registry import headline_keys
+from .render_views import views_html  # noqa: F401  (registers its section)
 
 KEY_METRICS = headline_keys()  # the summary's metrics, from the registry
 
