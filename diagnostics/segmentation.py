@@ -41,6 +41,7 @@ EASY_P = 0.9  # an "easy" pixel: probability of its true class above this
 GRAY = 0.2  # top-1 minus top-2 probability below this: undecided (as logits.py)
 THUMB = 48  # worst-image thumbnails: at most this many pixels on the long side
 WORST_K = 8  # worst images kept
+CHUNK = 1 << 22  # logit values processed at once (images are taken a few at a time)
 # per image group and class: true positives, false positives, false negatives, images with the
 # class, images where it was found, cross-entropy, cross-entropy of easy pixels
 GROUP_COLUMNS = ("tp", "fp", "fn", "present", "found", "ce", "ce_easy")
@@ -171,6 +172,15 @@ class DenseState:
         b, k = z.shape[0], z.shape[1]
         if self.k is None:
             self._start(k, k if x is None else x.shape[1], x is not None)
+        # a few images at a time: the float64 log-probabilities stay under CHUNK values
+        step = max(1, CHUNK // max(1, z[0].numel()))
+        for a in range(0, b, step):
+            part = None if ids is None else ids[a : a + step]
+            xs = None if x is None else x[a : a + step]
+            self._update(xs, y[a : a + step], z[a : a + step], part, y.shape[1:])
+
+    def _update(self, x, y, z, ids, shape) -> None:
+        b, k = z.shape[0], z.shape[1]
         y = y.reshape(b, -1).to(z.device)
         zf = z.reshape(b, k, -1).transpose(1, 2)  # [B, P, C]
         xf = zf if x is None else x.reshape(b, x.shape[1], -1).transpose(1, 2).to(z.device)
@@ -221,7 +231,7 @@ class DenseState:
         )
         keys = _image_keys(masks_flat=y, pred=pred, k=k, seed=self.seed)
         self.state["groups"].index_add_(0, (keys % IMAGE_GROUPS).cpu(), rows.cpu())
-        self._worst(rows, keys, y, pred, masks.shape[1:], ids)
+        self._worst(rows, keys, y, pred, shape, ids)
         # the class-stratified pixel sample: embeddings (or logits) with the logits
         sample = (
             torch.cat([xf[keep].float(), zf[keep].float()], 1)

@@ -284,11 +284,15 @@ def _join(diagnoser: Diagnoser) -> None:
     diagnoser.margin_leak = None if code.item() < 0 else bool(code.item())
 
 
-def format_losses(total: Any, terms: dict[str, Any] | None = None, *, digits: int = 4) -> str:
+def format_losses(
+    total: Any, terms: dict[str, Any] | None = None, *, digits: int = 4, drop_zero: bool = True
+) -> str:
     """``loss=0.8234(cls=0.7123,cons=0.0956,attn=0.0155)`` for a tqdm postfix.
 
     ``total`` is a number or a scalar tensor, or the ``(total, {name: term})`` pair a
-    `FusionLoss` returns (then ``terms`` is taken from it); ``digits`` decimals.
+    `FusionLoss` returns (then ``terms`` is taken from it); ``digits`` decimals. Terms that are
+    exactly 0 are left out (``drop_zero``): FusionLoss reports a term whose weight is 0 as a
+    zero tensor.
 
     >>> format_losses(0.82344, {"cls": 0.71231, "cons": 0.09561})
     'loss=0.8234(cls=0.7123,cons=0.0956)'
@@ -296,8 +300,11 @@ def format_losses(total: Any, terms: dict[str, Any] | None = None, *, digits: in
     if terms is None and isinstance(total, (tuple, list)) and len(total) == 2:
         total, terms = total
     text = f"loss={_number(total):.{digits}f}"
-    if terms:
-        text += "(" + ",".join(f"{k}={_number(v):.{digits}f}" for k, v in terms.items()) + ")"
+    shown = {k: _number(v) for k, v in (terms or {}).items()}
+    if drop_zero:
+        shown = {k: v for k, v in shown.items() if v != 0.0}
+    if shown:
+        text += "(" + ",".join(f"{k}={v:.{digits}f}" for k, v in shown.items()) + ")"
     return text
 
 

@@ -271,3 +271,50 @@ def test_all_pixels_ignored_is_an_error():
     x, y, z = dense()
     with pytest.raises(ValueError, match="no usable pixels"):
         diagnose(x, torch.full_like(y, 255), z, **OPTIONS)
+
+
+def test_images_taken_a_few_at_a_time_give_the_same_state(monkeypatch):
+    import embscope.diagnostics.segmentation as seg
+
+    x, y, z = dense(b=6, seed=8)
+    whole = diagnose(x, y, z, **OPTIONS)
+    monkeypatch.setattr(seg, "CHUNK", 1)  # one image at a time
+    same_metrics(whole.metrics, diagnose(x, y, z, **OPTIONS).metrics, rel=1e-6, abs_=1e-9)
+
+
+def _sync_worker(rank, world, port, out):
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        x, y, z = dense(b=6, seed=9)
+        d = Diagnoser(**OPTIONS)
+        d.update(x[rank::world], y[rank::world], z[rank::world])
+        report = d.compute()  # syncs a copy of every rank's state
+        with open(os.path.join(out, f"{rank}.json"), "w") as f:
+            json.dump(report.metrics, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_synced_ranks_report_what_one_process_reports(tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_sync_worker, args=(2, port, str(tmp_path)), nprocs=2, start_method="spawn")
+    x, y, z = dense(b=6, seed=9)
+    one = diagnose(x, y, z, **OPTIONS).metrics
+    for rank in range(2):
+        got = json.loads((tmp_path / f"{rank}.json").read_text())
+        same_metrics(one, {k: float("nan") if v is None else v for k, v in got.items()}, rel=1e-5)
