@@ -313,6 +313,9 @@ def rank_reports(args: Any) -> int:
     from embscope.diagnostics.ranking import compare_many
 
     paths = [str(p) for p in args.many]
+    twice = sorted({p for p in paths if paths.count(p) > 1})
+    if twice:
+        raise UsageError("diagnose compare", f"{twice[0]} is given twice", "give each report once")
     reports = [load_report(p, p) for p in paths]
     names = model_names(paths)
     metrics = parse_metric_names(args.metrics) if args.metrics is not None else None
@@ -347,4 +350,5 @@ def checkpoint_lines(report: Any, baseline: Any, paths: list[str]) -> list[str]:
         checkpoint_phrase(b, report, (str(p), "this run"))
         + (f" ({p})" if len(baselines) > 1 else "")
         for b, p in zip(baselines, paths, strict=False)
+        if b.meta.get("checkpoint") or report.meta.get("checkpoint")  # precomputed: nothing to say
     ]

@@ -105,8 +105,10 @@ def test_fail_on_interval_bounds(runs, tmp_path: Path, capsys) -> None:
     )
     assert "accuracy.low = " in capsys.readouterr().out
     assert run(runs["a1_npz"], "--fail-on", f"accuracy.high<{low}", "--out", tmp_path / "b") == 0
-    assert run(runs["a1_npz"], "--fail-on", "n.low<5", "--out", tmp_path / "c") == 2
-    assert "no metric 'n.low'" in capsys.readouterr().err
+    # n has an exact interval [n, n]; a bound that no metric has is an error
+    assert run(runs["a1_npz"], "--fail-on", "n.low<5", "--out", tmp_path / "c") == 0
+    assert run(runs["a1_npz"], "--fail-on", "accuracy.lo<5", "--out", tmp_path / "d") == 2
+    assert "no metric 'accuracy.lo'" in capsys.readouterr().err
 
 
 def test_several_baselines(runs, tmp_path: Path, capsys) -> None:
@@ -135,12 +137,16 @@ def test_compare_decides_as_the_gate_does(runs, capsys) -> None:
     assert run("compare", a, worse) == 0
     out = capsys.readouterr().out
     assert out.startswith("**Verdict: a_better**")
-    table = out.split("\n\n")[1].splitlines()
-    assert table[2].startswith("| accuracy |") and "worse: tolerance 0.02" in table[2]
-    assert "[" in table[2]  # the intervals
+    row = next(line for line in out.splitlines() if line.startswith("| accuracy |"))
+    assert "worse: tolerance 0.02" in row
+    assert "[" in row  # the intervals
+    assert out.index("| accuracy |") < out.index("Other metrics (not in the verdict)")
     # several baselines, then --, then B
     seeds = [runs[n] / "report.json" for n in ("a1", "a2", "a3")]
     assert run("compare", *seeds, "--", runs["a2"] / "report.json") == 0
     assert "**Verdict: no_difference**" in capsys.readouterr().out
-    assert run("compare", *seeds, runs["a2"] / "report.json") == 2
-    assert "expects two reports, got 4" in capsys.readouterr().err
+    # without --, three reports or more are ranked (diagnostics/ranking.py)
+    assert run("compare", *seeds, runs["worse"] / "report.json") == 0
+    assert "| 4 | worse |" in capsys.readouterr().out
+    assert run("compare", a, a, worse) == 2
+    assert "given twice" in capsys.readouterr().err
