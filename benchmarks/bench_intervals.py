@@ -26,7 +26,7 @@ RUN = r"""
 import sys
 if sys.argv[1] == "off":
     import embscope.diagnostics.assembly as assembly
-    assembly.with_intervals = lambda report, d: report
+    assembly.with_intervals = lambda report, d, **options: report
 from embscope.cli.main import main
 sys.exit(main(sys.argv[2:]))
 """

@@ -1,6 +1,9 @@
 """Comparing reports with one decision rule: ``compare``, ``check_regression``, the command's
 ``--baseline`` gate and ``recommend(baseline=...)`` all judge a metric with :func:`decide`.
 
+(Over 400 lines: what can be compared, the rule, the paired bootstrap and the two public
+verdicts are read together; several models side by side are in ranking.py.)
+
 A metric of B is worse than A's when the difference, in its worse direction, exceeds its
 tolerance AND exceeds z standard errors of the difference (z = 1.96 at the 95% level):
 

@@ -1,5 +1,8 @@
 """A 95% interval for every scalar metric of a report, from the Diagnoser's state.
 
+(Over 400 lines: one section per family of metrics, sharing the pool, the seeded streams and
+the bootstrap weights; the fitted, head and exact intervals live in interval_extras.py.)
+
 How each interval is obtained depends on what its metric is computed from:
 
 - a proportion of samples (``accuracy``, ``negative_margin_fraction``, ``gray_zone_fraction``,
@@ -18,12 +21,16 @@ How each interval is obtained depends on what its metric is computed from:
   rows; for a metric computed on every sample (``fisher_ratio``, ``intra_mean``, ...) it is
   scaled from the reservoir's m rows to N, for one computed on the reservoir it is the
   uncertainty of that sample, so it includes the sampling.
+- retrieval over the queries: recall@k by Wilson over the queries' hits, MAP@R by the
+  stratified standard error of the per-query AP@R (`knn_retrieval(per_query=True)`).
 
 Intervals from a standard error are value +- z se, clipped to the metric's range, so they
-always hold the value; ``z`` is the normal quantile of the level (1.96 at 95%). Descriptive
-quantities (``n``, ``head.s``, ``logits.col*``, the fitted temperature, ...) get no interval,
-and ``interval_methods`` says why. Replicates and subsamples are seeded from the Diagnoser's
-``seed``: a report is reproducible.
+always hold the value; ``z`` is the normal quantile of the level (1.96 at 95%). What is not
+estimated from the samples (``n``, ``head.s``, a column's min and max, yes/no findings, ...)
+gets the exact interval [v, v]; the fitted temperature, the head's alignment, the logit
+column statistics and the leak scores are in interval_extras.py; a metric that is nan has
+none, and ``interval_methods`` says why. Replicates and subsamples are seeded from the
+Diagnoser's ``seed``: a report is reproducible.
 
 Cost: per-sample bootstraps draw one weight matrix (replicates x at most ``POOL_ROWS``
 samples) shared by every metric of the pool; the geometry bootstrap is replicates x reservoir
