@@ -1,21 +1,28 @@
-"""FusionLoss presets on two views of each digit, as in the notes' two-modality attention fusion.
+"""FusionLoss presets on two views of each digit: does each view carry its weight, and does
+fusion help?
 
 Each 8x8 digit (pixel noise 0.3) is cut into two "modalities": its left four columns and its
 right four columns. One small encoder per view gives a 16-d feature; a gate turns the two into
 attention weights (softmax over the views, per sample) and the fused embedding is their
-weighted sum, classified by a linear layer. The model is trained once per FusionLoss preset
-(``embscope.losses.FUSION_PRESETS``):
+weighted sum, classified by a linear layer. The model's forward returns its named embeddings
+(``left``, ``right``, ``fused``), the ``attention`` weights and the ``logits``, so the
+``diagnose`` command and `diagnose_model` write the views report for it too. The model is
+trained once per FusionLoss preset (``embscope.losses.FUSION_PRESETS``):
 
 - ``simple``: label-smoothed cross-entropy only;
 - ``standard``: + InfoNCE consistency between the two views' features (weight 0.1);
 - ``full``: + attention balance and diversity on the gate weights (0.05);
 - ``advanced``: + center loss on the fused embedding (0.01).
 
-The fused embeddings and logits of the validation set are diagnosed for each preset.
+Each preset's validation outputs go to `diagnose_views`: each view's own metrics, the fusion
+gain (fused minus the best single view, with a paired interval), the agreement of the two
+views and the health of the attention, with the views advice. The four presets are then ranked
+by EER with `compare_many` (each judged against the best, paired on the same samples).
 
 Writes into ``--out`` (default ``fusion_out/``): ``<preset>/report.json``, ``report.md`` and
-``report.html`` for the four presets, and ``presets.md``: a table of macro-F1, Fisher ratio,
-recall@1, pair KS, the mean attention on the left view and the loss terms of the last batch.
+``report.html`` for the four presets, and ``presets.md``: the views table (EER of each view
+and of the fused embedding, the fusion gain and its interval, attention balance) and the
+ranking.
 
 Run: ``python examples/fusion_two_views.py [--epochs 30] [--quick] [--out DIR]``.
 """
@@ -29,7 +36,7 @@ import torch
 from torch import nn
 
 from embscope.demo import digits_multiclass, train
-from embscope.diagnostics import diagnose
+from embscope.diagnostics import compare_many, diagnose_views
 from embscope.losses import FUSION_PRESETS, FusionLoss
 
 LEFT = [r * 8 + c for r in range(8) for c in range(4)]  # pixel indices of columns 0-3
@@ -46,11 +53,23 @@ class TwoViewNet(nn.Module):
         self.gate = nn.Linear(2 * dim, 2)
         self.classifier = nn.Linear(dim, num_classes)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         a, b = self.left(x[:, LEFT]), self.right(x[:, RIGHT])
         attention = torch.softmax(self.gate(torch.cat([a, b], dim=1)), dim=1)  # [B, 2]
         fused = attention[:, :1] * a + attention[:, 1:] * b
-        return fused, self.classifier(fused), (a, b, attention)
+        return {
+            "left": a,
+            "right": b,
+            "fused": fused,
+            "attention": attention,
+            "logits": self.classifier(fused),
+        }
+
+
+def _cell(report, key: str) -> str:
+    value = report.metrics.get(key, float("nan"))
+    low, high = report.intervals.get(key, (float("nan"), float("nan")))
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def main() -> None:
@@ -64,27 +83,27 @@ def main() -> None:
 
     split = digits_multiclass(seed=0, noise=0.3)
     lines = [
-        "| preset | macro-F1 | Fisher | recall@1 | pair KS | attention on left | loss terms, last batch |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| preset | EER fused | EER left | EER right | fusion gain (EER) | fusion is | "
+        "attention on left | balance gap | advice |",
+        "|---|---|---:|---:|---|---|---:|---:|---|",
     ]
+    reports = {}
     for preset in FUSION_PRESETS:
         torch.manual_seed(0)
         model = TwoViewNet()
         criterion = FusionLoss(num_classes=10, feat_dim=16, mode=preset)
-        terms_seen: dict[str, float] = {}
 
-        def loss(model, x, y, criterion=criterion, terms_seen=terms_seen):
-            fused, logits, (a, b, attention) = model(x)
-            total, terms = criterion(
-                logits,
+        def loss(model, x, y, criterion=criterion):
+            out = model(x)
+            total, _ = criterion(
+                out["logits"],
                 y,
-                global_feat=a,
-                local_feat=b,
-                attn_a=attention[:, 0],
-                attn_b=attention[:, 1],
-                features=fused,
+                global_feat=out["left"],
+                local_feat=out["right"],
+                attn_a=out["attention"][:, 0],
+                attn_b=out["attention"][:, 1],
+                features=out["fused"],
             )
-            terms_seen.update({k: float(v.detach()) for k, v in terms.items()})
             return total
 
         # the center term's class centres are parameters of the loss: optimise them too
@@ -93,18 +112,35 @@ def main() -> None:
 
         model.eval()
         with torch.no_grad():
-            fused, logits, (_, _, attention) = model(split.x_val)
-        report = diagnose(fused, split.y_val, logits, ids=split.ids_val)
+            out = model(split.x_val)
+        report = diagnose_views(
+            {name: out[name] for name in ("left", "right", "fused")},
+            split.y_val,
+            logits=out["logits"],
+            attention=out["attention"],
+            ids=split.ids_val,
+        )
         report.save(args.out / preset, force=True)  # this script's own folder
+        reports[preset] = report
         m = report.metrics
-        terms = ", ".join(f"{k} {v:.3f}" for k, v in terms_seen.items() if v)
+        verdict = report.sections["views"]["fusion_gain"]["eer"]["verdict"]
+        advice = ", ".join(r.action for r in report.recommendations) or "none"
         lines.append(
-            f"| {preset} | {m['macro_f1']:.3f} | {m['fisher_ratio']:.3f} | "
-            f"{m['recall_at_1']:.3f} | {m['pair_ks']:.3f} | {float(attention[:, 0].mean()):.2f} | "
-            f"{terms} |"
+            f"| {preset} | {_cell(report, 'eer')} | {m['views.left.eer']:.3f} | "
+            f"{m['views.right.eer']:.3f} | {_cell(report, 'fusion_gain.eer')} | {verdict} | "
+            f"{m['attention.left.mean']:.2f} | {m['attention.balance_gap']:.2f} | {advice} |"
         )
         print(lines[-1])
-    (args.out / "presets.md").write_text("\n".join(lines) + "\n")
+    ranking = compare_many(
+        list(reports.values()),
+        list(reports),
+        rank_by="eer",
+        metrics=["eer", "tar_at_far_1e-2", "recall_at_1", "macro_f1"],
+    )
+    text = "\n".join(lines) + "\n\n" + ranking.to_markdown() + "\n"
+    (args.out / "presets.md").write_text(text)
+    print()
+    print(ranking.to_markdown())
     print(f"\nreports and presets.md in {args.out}/")
 
 
