@@ -153,6 +153,8 @@ def diagnose_model(
             keeper.update(batch.inputs, embedding, batch.labels, logits, batch.ids)
     if both is not None and distributed:
         both.sync(group)
+    if distributed:  # every rank's hardest inputs, as one process that saw every shard
+        keeper.sync(group)
     try:
         report = diagnoser.compute()
     except ValueError as error:  # no usable row: every output was NaN/Inf (or all-zero)

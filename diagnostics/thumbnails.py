@@ -154,6 +154,17 @@ class HardestInputs:
             for m, name, entry in merged
         ]
 
+    def sync(self, group=None) -> None:
+        """Gather every rank's kept inputs and keep the k hardest of them, on every rank of
+        ``group`` (all ranks must call it): the same as one process that saw every shard."""
+        import torch.distributed as dist
+
+        gathered: list = [None] * dist.get_world_size(group)
+        dist.all_gather_object(gathered, self._kept if self.active else [], group=group)
+        self.active = self.active or any(gathered)
+        merged = [entry for part in gathered for entry in part or []]
+        self._kept = sorted(merged, key=lambda entry: entry[:2])[: self.k]
+
     def thumbnails(self, hardest: Sequence[dict]) -> dict[str, str]:
         """``{id: base64 PNG}`` for the first ``k`` of the report's hardest samples."""
         kept = {name: image for _, name, image in self._kept}
