@@ -342,14 +342,17 @@ class ViewsDiagnoser:
         torch.distributed process group it covers every rank's samples."""
         from .views_report import assemble_views
 
-        if self.names is None:
-            raise ValueError("no usable rows: no rows were given")
         if self.sync_on_compute and not self.synced:
             import torch.distributed as dist
 
             if dist.is_available() and dist.is_initialized():
                 memo = {id(self.process_group): self.process_group}
-                return assemble_views(copy.deepcopy(self, memo).sync(self.process_group))
+                synced = copy.deepcopy(self, memo).sync(self.process_group)
+                if synced.names is None:
+                    raise ValueError("no usable rows: no rank was given rows")
+                return assemble_views(synced)
+        if self.names is None:
+            raise ValueError("no usable rows: no rows were given")
         return assemble_views(self)
 
 

@@ -3,13 +3,13 @@
 Two rules, each with the measured track record that benchmarks/views_check.py writes into
 ``views_track_record.json`` (docs/recommendations.md, "Multi-view and fusion models"):
 
-- ``raise_attention_balance``: the attention has degenerated onto one view (the share of
-  samples whose top weight exceeds 0.9 is above ``degenerate_fraction`` beyond its Wilson
-  interval, or the balance gap is above ``balance_gap``) while the neglected view, alone,
-  separates the classes nearly as well as the favoured one (its recall@1 within
-  ``neglected_recall_gap`` of the favoured view's): the gate ignores a view that carries
-  information. Raise the attention balance/diversity weight (``w_attention`` of FusionLoss);
-  the suggested value is ``balance_factor`` times the current one when the caller states it.
+- ``raise_attention_balance``: the attention has settled on one view (the balance gap,
+  sum_v |mean weight - 1/V|, is above ``balance_gap`` beyond its interval) while the neglected
+  view, alone, retrieves the right class nearly as well as the favoured one (its recall@1 at
+  least ``neglected_recall_ratio`` of the favoured view's): the gate ignores a view that
+  carries information. Raise the attention balance/diversity weight (``w_attention`` of
+  FusionLoss); the suggested value is ``balance_factor`` times the current one when the caller
+  states it (0.05 from 0).
 - ``prefer_single_view``: fusion does not measurably help: the fusion gain's interval on EER
   (and on recall@1 when there is one) does not lie on the better side of 0. The best single
   view is as good as the fused model on these data; the simpler model does the same job.
@@ -25,15 +25,13 @@ import math
 from functools import lru_cache
 from pathlib import Path
 
-from .intervals import wilson
 from .report import Recommendation, Report
 
 TRACK_RECORD_FILE = Path(__file__).with_name("views_track_record.json")
 
 VIEW_THRESHOLDS = {
-    "degenerate_fraction": 0.5,  # share of samples whose top weight exceeds 0.9 ...
-    "balance_gap": 0.6,  # ... or sum_v |mean_v - 1/V| above this (2 views: 0.8 / 0.2 is 0.6)
-    "neglected_recall_gap": 0.1,  # the neglected view's recall@1 within this of the favoured's
+    "balance_gap": 0.4,  # sum_v |mean_v - 1/V| above this beyond its interval (2 views: 0.7/0.3)
+    "neglected_recall_ratio": 0.7,  # the neglected view's recall@1 over the favoured view's
     "balance_factor": 4.0,  # suggested w_attention: this times the current one
     "interval_level": 0.95,
 }
@@ -129,39 +127,33 @@ def attention_rule(report, section, t, w_attention=None) -> Recommendation | Non
     views = att["views"]
     favoured = max(views, key=lambda v: att["mean"][v])
     neglected = min(views, key=lambda v: att["mean"][v])
-    n = att["n"]
-    deg = att["degenerate_fraction"]
-    deg_low = wilson(deg * n, n, t["interval_level"])[0] if n else math.nan
     gap = att["balance_gap"]
-    degenerate = deg_low > t["degenerate_fraction"] or gap > t["balance_gap"]
+    gap_low = report.intervals.get("attention.balance_gap", (gap, gap))[0]
     r_fav = _get(report, f"views.{favoured}.recall_at_1")
     r_neg = _get(report, f"views.{neglected}.recall_at_1")
-    if not degenerate or not (r_neg >= r_fav - t["neglected_recall_gap"]):
+    if not gap_low > t["balance_gap"] or not r_neg >= t["neglected_recall_ratio"] * r_fav:
         return None
     rule = "raise_attention_balance"
     value = None if w_attention is None else float(w_attention) * t["balance_factor"]
     if w_attention == 0:
         value = 0.05
     evidence = {
-        "attention.degenerate_fraction": {
-            **_ev(report, "attention.degenerate_fraction"),
-            "threshold": t["degenerate_fraction"],
-            "op": ">",
-        },
         "attention.balance_gap": _ev(report, "attention.balance_gap", t["balance_gap"], ">"),
+        "attention.degenerate_fraction": _ev(report, "attention.degenerate_fraction"),
         f"views.{neglected}.recall_at_1": _ev(report, f"views.{neglected}.recall_at_1"),
         f"views.{favoured}.recall_at_1": _ev(report, f"views.{favoured}.recall_at_1"),
-        "neglected_recall_gap": {
-            "value": r_fav - r_neg,
-            "threshold": t["neglected_recall_gap"],
-            "op": "<=",
+        "neglected_recall_ratio": {
+            "value": r_neg / r_fav if r_fav > 0 else math.nan,
+            "threshold": t["neglected_recall_ratio"],
+            "op": ">=",
         },
         "track_record": _record(rule),
     }
     reason = (
         f"The attention gives {favoured!r} a mean weight of {att['mean'][favoured]:.2f} "
-        f"(balance gap {gap:.2f}; {deg:.0%} of samples put over {att['threshold']:g} on one "
-        f"view), yet {neglected!r} alone retrieves the right class about as well "
+        f"(balance gap {gap:.2f}, beyond {t['balance_gap']:g}; "
+        f"{att['degenerate_fraction']:.0%} of samples put over {att['threshold']:g} on one "
+        f"view), yet {neglected!r} alone retrieves the right class nearly as well "
         f"(recall@1 {r_neg:.3f} vs {r_fav:.3f}): the gate ignores a view that carries "
         "information. Raise the attention balance weight (FusionLoss w_attention). " + _phrase(rule)
     )

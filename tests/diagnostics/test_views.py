@@ -292,3 +292,57 @@ def test_a_refused_batch_leaves_the_state_as_it_was():
     with pytest.raises(ValueError):  # logits of another width, for the fused view
         d.update({k: v[30:] for k, v in views.items()}, y[30:], z[30:, :2], w[30:])
     same_metrics(before, d.compute().metrics, rel=0, abs_=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sync across gloo processes equals one process that saw every shard.
+# ----------------------------------------------------------------------------------------------
+
+
+def _sync_worker(rank, world, port, out):
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        views, y, z, w = _views(n=90, seed=11)
+        d = ViewsDiagnoser(joint_rows=50, reservoir_size=70)
+        shard = np.arange(0, 90)[np.arange(90) % (world - 1) == rank] if rank < world - 1 else []
+        for lo in range(0, len(shard), 16):  # the last rank sees no batch at all
+            _feed(d, views, y, z, w, shard[lo : lo + 16])
+        report = d.compute()  # syncs a copy
+        with open(os.path.join(out, f"{rank}.json"), "w") as f:
+            f.write(json.dumps({"metrics": report.to_dict()["metrics"], "n": len(shard)}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_equals_one_process_fed_in_rank_order(tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    world = 3
+    mp.start_processes(
+        _sync_worker, args=(world, port, str(tmp_path)), nprocs=world, start_method="spawn"
+    )
+    views, y, z, w = _views(n=90, seed=11)
+    one = ViewsDiagnoser(joint_rows=50, reservoir_size=70)
+    for rank in range(world - 1):
+        shard = np.arange(90)[np.arange(90) % (world - 1) == rank]
+        _feed(one, views, y, z, w, shard)
+    expected = one.compute().to_dict()["metrics"]
+    for rank in range(world):
+        got = json.loads((tmp_path / f"{rank}.json").read_text())["metrics"]
+        same_metrics(
+            {k: float(v) for k, v in expected.items()}, {k: float(v) for k, v in got.items()}
+        )
