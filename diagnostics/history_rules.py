@@ -1,5 +1,7 @@
 """Trend rules over a `History`: is the run doing what a healthy run does?
 
+(Over 400 lines: one function per rule with its verdict texts, which read best side by side.)
+
 Each rule returns a `Trend`: ``verdict`` "holds" (the good state, measured beyond noise),
 "broken" (the bad state, beyond noise) or "inconclusive", a ``severity`` for a broken rule
 (warning only for rules whose measured track record shows their verdicts hold on held-out

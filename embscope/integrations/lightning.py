@@ -19,6 +19,7 @@ TensorBoard logger also gets the key plots and the embedding projector, and rank
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,7 @@ class _EmbscopeHooks:
         }
         self.monitor: TrainingMonitor | None = None
         self.logged: list[dict[str, float]] = []  # what was logged, per epoch (all ranks)
+        self._warned = False
 
     @property
     def history(self):
@@ -140,7 +142,18 @@ class _EmbscopeHooks:
             return
         monitor = self.monitor
         before = len(monitor.reports["train"])
-        report = monitor.epoch_end(trainer.current_epoch + 1, step=trainer.global_step)
+        epoch = trainer.current_epoch + 1
+        taken = monitor.history.epochs()
+        if epoch in taken:  # validation more than once per epoch (val_check_interval < 1)
+            epoch = max(taken) + 1
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    "validation ran more than once in an epoch: the history numbers its "
+                    "validations past the epoch (the step column holds the global step)",
+                    stacklevel=2,
+                )
+        report = monitor.epoch_end(epoch, step=trainer.global_step)
         if report is None:
             return
         scalars = {f"embscope/{k}": v for k, v in scalar_metrics(report).items()}

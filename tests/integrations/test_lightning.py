@@ -135,3 +135,17 @@ def test_ddp_gloo_equals_one_process(tmp_path):
         (event,) = events.Scalars(f"embscope/{name}")
         assert event.value == pytest.approx(value, rel=1e-5, abs=1e-6), name
     assert np.isfinite(report.metrics["f1"])
+
+
+def test_validating_twice_in_an_epoch_numbers_on(tmp_path):
+    from embscope.integrations.lightning import EmbscopeCallback
+
+    _, val, _ = _loaders()
+    callback = EmbscopeCallback(None, save_reports=False, projector_rows=0, **OPTIONS)
+    trainer = _trainer(tmp_path, callback, devices=1)
+    model = LitDigits()
+    trainer.validate(model, val)
+    with pytest.warns(UserWarning, match="more than once in an epoch"):
+        trainer.validate(model, val)
+    assert callback.history.epochs() == [1, 2]
+    assert (tmp_path / "embscope" / "history.csv").exists()  # out defaults under the root dir
