@@ -114,7 +114,7 @@ class Ranking:
         for i, name in enumerate(self.names):
             cells = [self._cell(name, m) for m in self.metrics]
             lines.append(f"| {i + 1} | {name} | " + " | ".join(cells) + " |")
-        lines += ["", "Interval: the report's 95% interval of the value. Tests per cell:"]
+        lines += ["", "Interval: each report's own interval of the value. Tests per cell:"]
         for name in self.names:
             for m in self.metrics:
                 d = self.decisions[name].get(m)
@@ -124,7 +124,7 @@ class Ranking:
                         f"tolerance {d.tolerance:.3g} and the noise {d.noise:.3g} ({d.test})"
                     )
         if lines[-1].endswith("Tests per cell:"):
-            lines[-1] = "Interval: the report's 95% interval of the value. No model is worse."
+            lines[-1] = "Interval: each report's own interval of the value. No model is worse."
         if self.omitted:
             lines += [
                 "",

@@ -1,7 +1,7 @@
 """Every finite scalar metric of a report has an interval (diagnostics/intervals.py and
 interval_extras.py), whatever the kind of report; the intervals of the fitted temperature, the
 head's centroid alignment, the dead classes, the logit column statistics, the leak scores and
-MAP@R against brute-force references (bootstraps refitted from scratch, scipy)."""
+MAP@R (a delete-a-group jackknife) against brute-force references (bootstraps refitted from scratch, scipy)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from scipy import stats
 from embscope.diagnostics import diagnose, diagnose_model, knn_retrieval
 from embscope.diagnostics.calibration import _fit_temperature
 from embscope.diagnostics.interval_extras import leak_intervals, temperature_se
-from embscope.diagnostics.intervals import _stratified_se, z_value
+from embscope.diagnostics.intervals import z_value
 from embscope.diagnostics.leak import _leak_compute, _leak_update, leak_key
 from embscope.diagnostics.report import Report
 from embscope.losses import ArcFaceHead
@@ -248,15 +248,25 @@ def test_per_query_retrieval_values_equal_brute_force(chunk: int) -> None:
     np.testing.assert_allclose([back[int(i)] for i in index], ap, atol=1e-9)
 
 
-def test_map_at_r_interval_is_the_stratified_error_of_the_per_query_ap() -> None:
+def test_map_at_r_interval_is_a_delete_a_group_jackknife() -> None:
     x, y = _blobs(300, 5, 12, spread=0.7)
     r = diagnose(x, y, reservoir_size=300, retrieval_rows=300)
-    index, hits, ap = _brute_ap(x.double().numpy(), y.numpy())
+    xs, ys = x.double().numpy(), y.numpy()
+    index, hits, ap = _brute_ap(xs, ys)
     assert r.metrics["map_at_r"] == pytest.approx(ap.mean(), abs=1e-9)
+    # the rows in the report's order (by reservoir key): groups are positions mod 10 there
+    from embscope.diagnostics import Diagnoser
+
+    d = Diagnoser(reservoir_size=300)
+    d.update(x, y)
+    order = torch.argsort(d.reservoir.keys)
+    rows, labels = d.reservoir.rows[order].double().numpy(), d.reservoir.labels[order].numpy()
+    group = np.arange(300) % 10
+    left_out = [_brute_ap(rows[group != g], labels[group != g])[2].mean() for g in range(10)]
+    se = math.sqrt(9 / 10 * np.sum((np.array(left_out) - np.mean(left_out)) ** 2))
     lo, hi = r.intervals["map_at_r"]
-    se = _stratified_se(ap, y.numpy()[index])
     assert (hi - lo) / 2 == pytest.approx(z_value() * se, rel=1e-6)
-    assert "per-query" in r.interval_methods["map_at_r"]
+    assert r.interval_methods["map_at_r"].startswith("delete-a-group jackknife")
     k = int(hits[:, 0].sum())
     ci = stats.binomtest(k, len(index)).proportion_ci(method="wilson")
     assert r.intervals["recall_at_1"] == pytest.approx([ci.low, ci.high])

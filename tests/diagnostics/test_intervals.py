@@ -106,7 +106,18 @@ def test_the_bootstrap_is_reproducible_and_follows_the_seed() -> None:
 def test_interval_widths_match_the_spread_over_independent_samples() -> None:
     """The standard error an interval implies against the standard deviation of the metric
     over 40 independent validation sets of the same population (a factor of 1.5 either way)."""
-    names = ("accuracy", "f1", "score_ks", "ece", "margin_median", "fisher_ratio")
+    names = (
+        "accuracy",
+        "f1",
+        "score_ks",
+        "ece",
+        "margin_median",
+        "fisher_ratio",
+        "map_at_r",
+        "fitted_temperature",
+        "nll_at_fitted_temperature",
+        "logits.col0.mean",
+    )
     values = {k: [] for k in names}
     implied = {k: [] for k in names}
     z = z_value()
@@ -116,7 +127,7 @@ def test_interval_widths_match_the_spread_over_independent_samples() -> None:
         y = torch.randint(0, 2, (n,), generator=g)
         x = torch.randn(n, 6, generator=g) + y[:, None] * 0.7
         logits = torch.randn(n, generator=g) + (2 * y - 1) * 1.2
-        r = diagnose(x, y, logits, reservoir_size=300, pair_rows=50, retrieval_rows=50)
+        r = diagnose(x, y, logits, reservoir_size=300, pair_rows=50, retrieval_rows=300)
         for k in names:
             values[k].append(r.metrics[k])
             lo, hi = r.intervals[k]
