@@ -1,5 +1,8 @@
 """From a ViewsDiagnoser's state to one Report.
 
+(Over 400 lines: every views key and its interval is assembled here, read top to bottom, as
+assembly.py does for one view; the quantities themselves are in views_metrics.py.)
+
 Keys (each with a registry record, a README row and an interval where it is an estimate):
 
 - the fused view's own report, unprefixed, when there is a fused view (so the regression gate,
