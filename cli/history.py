@@ -87,7 +87,8 @@ def run_history(argv: list[str]) -> int:
     rules = parse_fail_on(args.fail_on) if args.fail_on is not None else None
     if args.window is not None and args.window < 2:
         raise UsageError("--window", f"must be 2 or more, got {args.window}", "e.g. --window 5")
-    entries, folder = _entries([Path(p) for p in args.reports])
+    skipped: list[str] = []
+    entries, folder = _entries([Path(p) for p in args.reports], skipped)
     history = History(task_metric=args.task_metric)
     for path, epoch, split in entries:
         history.append(load_report(path, str(path)), epoch=epoch, split=split)
@@ -105,7 +106,9 @@ def run_history(argv: list[str]) -> int:
         (out / "history.html").write_text(history.to_html(trends), encoding="utf-8")
     except OSError as error:
         raise UsageError(
-            "--out", f"cannot write into {out} ({error.strerror or error})", "choose a writable --out"
+            "--out",
+            f"cannot write into {out} ({error.strerror or error})",
+            "choose a writable --out",
         ) from error
     val = history.epochs("val")
     print(
@@ -114,6 +117,8 @@ def run_history(argv: list[str]) -> int:
     )
     for trend in trends:
         print(f"  {trend}")
+    if skipped:
+        print(f"left out (no epoch number in the name): {', '.join(skipped)}")
     print(f"wrote {out / 'history.csv'} and {out / 'history.html'}")
     if rules:
         broken = broken_rules(rules, values_for_fail_on(trends, history))
@@ -123,8 +128,11 @@ def run_history(argv: list[str]) -> int:
     return 0
 
 
-def _entries(paths: list[Path]) -> tuple[list[tuple[Path, int, str]], Path | None]:
-    """(report path, epoch, split) per report, and the run's folder when one was given."""
+def _entries(
+    paths: list[Path], skipped: list[str]
+) -> tuple[list[tuple[Path, int, str]], Path | None]:
+    """(report path, epoch, split) per report, and the run's folder when one was given; the
+    names of a folder's report folders left out are added to ``skipped``."""
     folder = None
     if len(paths) == 1 and paths[0].is_dir() and not (paths[0] / REPORT_FILE).exists():
         folder = paths[0]
@@ -138,12 +146,18 @@ def _entries(paths: list[Path]) -> tuple[list[tuple[Path, int, str]], Path | Non
                 f"holds neither {REPORT_FILE} nor report folders",
                 "give a folder of per-epoch report folders (epoch_001/report.json, ...)",
             )
+        # epoch folders hold a number in their name; others (a copy of the last report, say)
+        # are left out when some do
+        numbered = [p for p in paths if _number(_strip_train(p.name)) is not None]
+        if numbered:
+            skipped += [p.name for p in paths if p not in numbered]
+            paths = numbered
     for path in paths:
         if not path.exists():
             raise UsageError(path, "does not exist", "give report.json files or report folders")
     names = [(p.parent if p.name == REPORT_FILE or p.is_file() else p).name for p in paths]
-    splits = ["train" if re.search(r"[_\-.]train$", n) else "val" for n in names]
-    numbers = [_number(re.sub(r"[_\-.]train$", "", n)) for n in names]
+    splits = ["train" if _strip_train(n) != n else "val" for n in names]
+    numbers = [_number(_strip_train(n)) for n in names]
     keys = list(zip(numbers, splits, strict=True))
     if all(n is not None for n in numbers) and len(set(keys)) == len(keys):
         return [(p, n, s) for p, (n, s) in zip(paths, keys, strict=True)], folder
@@ -154,6 +168,10 @@ def _entries(paths: list[Path]) -> tuple[list[tuple[Path, int, str]], Path | Non
             epoch += 1
         entries.append((path, epoch, split))
     return entries, folder
+
+
+def _strip_train(name: str) -> str:
+    return re.sub(r"[_\-.]train$", "", name)
 
 
 def _number(name: str) -> int | None:

@@ -33,6 +33,7 @@ def run_folder(tmp_path):
     for epoch, (f1, margin) in zip((1, 2, 3, 10), zip(F1, MARGIN, strict=True), strict=True):
         _write(_report(f1, margin), run / f"epoch_{epoch}")
     _write(_report(0.99, 4.0), run / "epoch_10_train")
+    _write(_report(0.5, 0.0), run / "last")  # a copy of a report, not an epoch: left out
     (run / "notes.txt").write_text("a user's file")
     return run
 
@@ -44,6 +45,7 @@ def test_a_run_folder(run_folder, capsys):
     assert "margins_rising: holds" in out
     assert "best_epoch: broken" in out and "keep epoch 2's weights" in out
     assert "train_val_gap: broken" in out  # 0.99 - 0.80 > 0.1 beyond noise
+    assert "left out (no epoch number in the name): last" in out
     frame = pd.read_csv(run_folder / "history.csv")
     assert list(frame["epoch"]) == [1, 2, 3, 10, 10]
     assert list(frame["split"]) == ["val", "val", "val", "val", "train"]
