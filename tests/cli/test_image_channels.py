@@ -233,3 +233,16 @@ def test_tensor_file_shape_error_names_its_shape_and_that_image_flags_do_not_app
     err = capsys.readouterr().err
     assert code == 2 and "labels argument" not in err
     assert "[3, 8, 8]" in err and "takes 1 channel" in err
+
+
+def test_sixteen_bit_scans_read_as_one_channel_for_a_one_channel_model(project: Path) -> None:
+    folder = project / "scans16"
+    values = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
+    for label in ("a", "b"):
+        (folder / label).mkdir(parents=True)
+        Image.fromarray(values).save(folder / label / "x.png")  # a 16-bit grey PNG
+    assert Image.open(folder / "a" / "x.png").mode.startswith("I")
+    loaded = load_model(project / "ckpt.pt", model_spec=f"{project / 'mynet.py'}:build")
+    batch = next(fit_to_model(open_inputs(folder), loaded).batches(2))
+    assert batch.inputs.shape == (2, 1, 8, 8)
+    assert torch.allclose(batch.inputs[0, 0], torch.from_numpy(values / 65535).float())
