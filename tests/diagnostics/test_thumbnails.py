@@ -193,3 +193,14 @@ def test_png_values_and_sizes() -> None:
     assert rgb.shape == (64, 32, 3)
     # 40 pixels: more than half of 64, so kept as it is
     assert decode(png_base64(torch.rand(1, 40, 30))).shape == (40, 30)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_thumbnails_of_a_model_on_cuda_are_those_on_the_cpu(scans) -> None:
+    x, y = scans
+    torch.manual_seed(2)
+    model = SmallCNN()
+    on_cpu = diagnose_model(model, (x, y), device="cpu").sections
+    on_gpu = diagnose_model(model, (x, y), device="cuda").sections
+    assert list(on_gpu["thumbnails"]) == [h["id"] for h in on_gpu["hardest"][:16]]
+    assert on_gpu["thumbnails"] == on_cpu["thumbnails"]
