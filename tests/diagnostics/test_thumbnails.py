@@ -196,11 +196,12 @@ def test_png_values_and_sizes() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_thumbnails_of_a_model_on_cuda_are_those_on_the_cpu(scans) -> None:
+def test_thumbnails_of_a_model_on_cuda(scans) -> None:
+    # the model and its outputs on the GPU, the inputs kept on the CPU
     x, y = scans
     torch.manual_seed(2)
-    model = SmallCNN()
-    on_cpu = diagnose_model(model, (x, y), device="cpu").sections
-    on_gpu = diagnose_model(model, (x, y), device="cuda").sections
-    assert list(on_gpu["thumbnails"]) == [h["id"] for h in on_gpu["hardest"][:16]]
-    assert on_gpu["thumbnails"] == on_cpu["thumbnails"]
+    sections = diagnose_model(SmallCNN(), (x, y), device="cuda").sections
+    assert list(sections["thumbnails"]) == [h["id"] for h in sections["hardest"][:16]]
+    for name, text in sections["thumbnails"].items():
+        expected = np.round(x[int(name), 0].numpy() * 255).astype(np.uint8)
+        assert np.array_equal(decode(text)[::8, ::8], expected)
