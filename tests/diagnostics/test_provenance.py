@@ -73,3 +73,44 @@ def test_reports_say_whether_they_come_from_the_same_weights(tmp_path) -> None:
     assert compare(r1, r3).checkpoints == "checkpoints: different"
     assert "Checkpoints: different." in compare(r1, r3).to_markdown()
     assert "unknown (B record" in checkpoint_phrase(r1, Report(metrics={"n": 1.0}))
+
+
+def test_the_data_fingerprint_covers_counts_ids_and_labels() -> None:
+    from embscope.diagnostics import diagnose
+    from embscope.diagnostics.compare import DifferentData, IncomparableReports, pairing
+
+    g = torch.Generator().manual_seed(3)
+    y = torch.arange(300) % 2
+    x = torch.randn(300, 4, generator=g) + y[:, None]
+    z = (2 * y - 1) * 1.0 + torch.randn(300, generator=g)
+    ids = [f"s{i}" for i in range(300)]
+    base = diagnose(x, y, z, ids=ids, reservoir_size=50)
+    # the same n, other class counts
+    y2 = y.clone()
+    y2[:10] = 1
+    with pytest.raises(DifferentData, match="class counts"):
+        compare(base, diagnose(x, y2, z, ids=ids, reservoir_size=50))
+    # the same ids and class counts, two labels swapped between samples
+    y3 = y.clone()
+    y3[0], y3[1] = y[1], y[0]
+    with pytest.raises(DifferentData, match="the same ids carry other labels"):
+        compare(base, diagnose(x, y3, z, ids=ids, reservoir_size=50))
+    # the same samples in another order: compared, and paired by id
+    p = torch.randperm(300, generator=g)
+    shuffled = diagnose(x[p], y[p], z[p], ids=[ids[i] for i in p], reservoir_size=50)
+    assert compare(base, shuffled).verdict == "no_difference"
+    assert pairing(base, shuffled)[2].startswith("paired by id")
+    # without ids a shuffled order cannot be told from other data of the same counts: it is
+    # compared (not refused) but not paired
+    plain = diagnose(x, y, z, reservoir_size=50)
+    plain_shuffled = diagnose(x[p], y[p], z[p], reservoir_size=50)
+    assert plain.meta["data"]["labels_sha256"] != plain_shuffled.meta["data"]["labels_sha256"]
+    assert compare(plain, plain_shuffled).verdict == "no_difference"
+    assert pairing(plain, plain_shuffled) is None
+    # another class set or logit width: not comparable at all
+    ten = diagnose(x, torch.arange(300) % 10, reservoir_size=50)
+    with pytest.raises(IncomparableReports, match="classes"):
+        compare(plain, ten)
+    wide = diagnose(x, y, torch.stack([-z, z, 0 * z], 1), reservoir_size=50)
+    with pytest.raises(IncomparableReports, match="logits"):
+        compare(plain, wide)
