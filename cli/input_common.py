@@ -127,7 +127,7 @@ def model_input(model: Any) -> ModelInput:
             where = f" ({name})" if name else ""
             return ModelInput(
                 features=module.in_features,
-                source=f"the model's first layer{where}, Linear({module.in_features}, ...),",
+                source=f"the model's first Linear layer{where}",
             )
     return ModelInput()
 
