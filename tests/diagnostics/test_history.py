@@ -273,3 +273,31 @@ def test_html_page(real_history):
     assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page
     for trend in real_history.judge():
         assert trend.rule in page
+
+
+def test_severity_and_evidence_from_the_track_record():
+    from embscope.diagnostics.history_track_record import TRACK_RECORD
+
+    history = History()
+    for epoch, count in enumerate([10, 20, 30, 40], start=1):
+        history.append(
+            _report(
+                {"confident_error_count": count, "margin_median": 5.0 - epoch},
+                {"confident_error_count": 2.0, "margin_median": 0.1},
+            ),
+            epoch=epoch,
+        )
+    trends = {t.rule: t for t in judge(history)}
+    for rule in ("confident_errors_falling", "margins_rising"):
+        assert trends[rule].verdict == "broken"
+        assert trends[rule].severity == TRACK_RECORD[rule]["severity"]
+        assert trends[rule].evidence["track_record"] == TRACK_RECORD[rule]["counts"]
+    # a broken rule is a warning only with at least 10 firings, 90% of them confirmed
+    for record in TRACK_RECORD.values():
+        counts = record["counts"]
+        strong = counts["broken_fired"] >= 10
+        strong = strong and counts["broken_confirmed"] >= 0.9 * counts["broken_fired"]
+        assert record["severity"] == ("warning" if strong else "info")
+    assert trends["confident_errors_falling"].as_recommendation().action == (
+        "confident_errors_falling"
+    )
