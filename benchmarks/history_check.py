@@ -257,8 +257,12 @@ def main() -> None:
         )
     if args.write:
         text = RECORD_FILE.read_text().split("TRACK_RECORD")[0]
-        body = json.dumps(record, indent=4).replace("true", "True").replace("false", "False")
-        RECORD_FILE.write_text(f"{text}TRACK_RECORD: dict = {body}\n")
+        lines = [
+            f'    "{rule}": {{\n        "severity": "{r["severity"]}",\n'
+            f'        "counts": {json.dumps(r["counts"])},\n    }},'
+            for rule, r in record.items()
+        ]
+        RECORD_FILE.write_text(f"{text}TRACK_RECORD: dict = {{\n" + "\n".join(lines) + "\n}\n")
         print(f"\nwrote {RECORD_FILE}")
 
 
