@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from embscope.cli.checkpoint import check_readable_file, torch_load
-from embscope.cli.errors import UsageError
+from embscope.cli.errors import UsageError, one_line
 from embscope.cli.input_common import Batch, ModelInput, _as_labels, _check_dense, _unreadable
 
 INPUT_KEYS = ("x", "inputs", "input", "images", "image", "imgs", "data", "features", "samples")
@@ -168,7 +168,8 @@ def _from_sequence(path: Path, content: Any) -> dict[str, Any] | None:
         except Exception as error:
             raise UsageError(
                 path,
-                f"holds a {type(content).__name__} whose items cannot be read ({error})",
+                f"holds a {type(content).__name__} whose items cannot be read "
+                f"({one_line(f'{type(error).__name__}: {error}', 120)})",
                 "save a dict: torch.save({'x': inputs, 'y': labels}, path)",
             ) from error
         return _stack_pairs(path, items, what=f"a {type(content).__name__}")
@@ -190,7 +191,14 @@ def _stack_pairs(path: Path, items: Any, what: str = "a list") -> dict[str, Any]
                 "save a dict: torch.save({'x': inputs, 'y': labels}, path)",
             )
         x, y = item
-        inputs.append(torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x)
+        try:
+            inputs.append(x if isinstance(x, torch.Tensor) else torch.as_tensor(x))
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise UsageError(
+                path,
+                f"holds {what} whose input {index} is a {type(x).__name__}, not numbers",
+                "store tensors or numeric arrays",
+            ) from error
         labels.append(_plain(y))
     shapes = {tuple(x.shape) for x in inputs}
     if len(shapes) > 1:

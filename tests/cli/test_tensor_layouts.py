@@ -96,6 +96,9 @@ def test_list_of_pairs_of_different_shapes_is_refused(tmp_path: Path) -> None:
     torch.save([(X[0], 0), (X[1, :3], 1)], tmp_path / "ragged.pt")
     with pytest.raises(UsageError, match=r"different shapes \(item 0 \[4\], item 1 \[3\]\)"):
         open_inputs(tmp_path / "ragged.pt")
+    torch.save([("abc", 0), ("def", 1)], tmp_path / "text.pt")
+    with pytest.raises(UsageError, match=r"input 0 is a str, not numbers"):
+        open_inputs(tmp_path / "text.pt")
     torch.save([(X[0], 0, "a")], tmp_path / "triples.pt")
     with pytest.raises(UsageError, match=r"item 0 is a tuple of 3 items, not an \(input, label\)"):
         open_inputs(tmp_path / "triples.pt")
