@@ -137,6 +137,22 @@ def test_report_thumbnails_are_its_hardest_samples(scans) -> None:
     assert len(json.dumps(thumbnails)) < 16 * 1000  # a few hundred bytes each
 
 
+def test_diagnose_model_holds_at_most_k_inputs_while_streaming(scans, monkeypatch) -> None:
+    x, y = scans
+    held = []
+    update = HardestInputs.update
+
+    def spy(self, *args, **kwargs):
+        update(self, *args, **kwargs)
+        held.append(len(self))
+
+    monkeypatch.setattr(HardestInputs, "update", spy)
+    torch.manual_seed(3)
+    report = diagnose_model(SmallCNN(), (x, y), batch_size=8, thumbnails=4)
+    assert len(held) == -(-len(y) // 8) and max(held) == 4
+    assert list(report.sections["thumbnails"]) == [h["id"] for h in report.sections["hardest"][:4]]
+
+
 def test_ids_name_the_thumbnails_and_k_follows_the_option(scans) -> None:
     x, y = scans
     torch.manual_seed(1)
