@@ -27,6 +27,7 @@ images have their own rules (smallest keys; lowest scores).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -90,7 +91,14 @@ class DenseState:
     ``capacity``: stored pixels in all (each class's reservoir holds ``capacity // C``).
     """
 
-    def __init__(self, *, ignore_index: int = 255, capacity: int = 10_000, seed: int = 0):
+    def __init__(
+        self, *, ignore_index: int = 255, capacity: int = 10_000, seed: int = 0, twin=None
+    ):
+        # ``twin``: a Diagnoser (same options, no reservoir) fed every labelled pixel, whose
+        # per-sample lists are emptied after each batch: its fixed-shape state (class sums,
+        # confusion, logit column statistics, one-vs-rest histograms, calibration bins) stays
+        # exact and bounded, and the report computes those metrics from it
+        self.twin = twin
         self.ignore_index = int(ignore_index)
         self.capacity = int(capacity)
         self.seed = int(seed)
@@ -241,6 +249,10 @@ class DenseState:
         for c in torch.unique(t).tolist():
             sel = t == c
             self.reservoirs[c].update(sample[sel], t[sel])
+        if self.twin is not None and len(t):
+            self.twin.update(xf[keep] if x is not None else zf[keep], t, zf[keep])
+            for name in S.cat_fields():
+                self.twin.state[name].clear()
 
     def _worst(self, rows, keys, y, pred, shape, ids) -> None:
         """Keep the WORST_K images of lowest mean IoU (over classes true or predicted there),
@@ -293,6 +305,8 @@ class DenseState:
                 f"embeddings given {other.embedded} vs {self.embedded}"
             )
         S.merge(self.state, other.state, torch.zeros(0, dtype=torch.int64), FIELDS)
+        if self.twin is not None and other.twin is not None:
+            self.twin.merge(other.twin)
         for mine, theirs in zip(self.reservoirs, other.reservoirs, strict=True):
             mine.merge(theirs)
         self.worst = sorted(self.worst + other.worst, key=lambda w: w["order"])[:WORST_K]
@@ -321,6 +335,8 @@ class DenseState:
             )
         if self.k is None:
             self._start(k, dim, embedded)
+        if self.twin is not None:
+            self.twin.sync(group)
         sums = S.remapped(self.state, DenseLayout(k), torch.arange(k), "sum", FIELDS)
         reduced = _all_reduce_packed(sums, dist.ReduceOp.SUM, group, collective_device(group))
         self.state = reduced
@@ -399,7 +415,7 @@ def dense_update(d, embeddings, labels, logits, ids) -> None:
                 "logits [B, C, H, W]) need their own Diagnoser"
             )
         d._dense = DenseState(
-            ignore_index=d.ignore_index, capacity=d.reservoir.capacity, seed=d.seed
+            ignore_index=d.ignore_index, capacity=d.reservoir.capacity, seed=d.seed, twin=_twin(d)
         )
     elif not is_dense(labels, logits):
         raise ValueError(
@@ -419,6 +435,15 @@ def dense_merge(d, other) -> None:
         raise ValueError(f"cannot merge: ignore_index {other.ignore_index} vs {d.ignore_index}")
     if d._dense is None:
         d._dense = DenseState(
-            ignore_index=d.ignore_index, capacity=d.reservoir.capacity, seed=d.seed
+            ignore_index=d.ignore_index, capacity=d.reservoir.capacity, seed=d.seed, twin=_twin(d)
         )
     d._dense.merge(other._dense)
+
+
+def _twin(d):
+    """A Diagnoser with ``d``'s options and no reservoir (see ``DenseState``)."""
+    twin = copy.copy(d)
+    twin.reservoir = Reservoir(0, d.seed)
+    twin.sync_on_compute = False
+    twin.reset()  # a fresh state of its own (and no dense state)
+    return twin

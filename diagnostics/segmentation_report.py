@@ -23,8 +23,11 @@ from dataclasses import replace
 
 import numpy as np
 
+from . import metrics as M
+from . import state as S
 from .reservoir import Reservoir
 from .segmentation_metrics import class_calibration, dense_intervals, dense_metrics
+from .state import MAX_COLUMN_KEYS
 
 SAMPLED_HOW = "class-stratified pixel sample"
 
@@ -50,6 +53,7 @@ def dense_report(d):
     flat.sync_on_compute = False
     flat.reset()
     flat.update(x, y, z)
+    exact = _from_twin(flat, ds.twin)
     base = assemble(flat)
     sampled = {
         key: {
@@ -59,7 +63,7 @@ def dense_report(d):
             "how": SAMPLED_HOW,
         }
         for key in base.metrics
-        if key not in metrics and key not in ("nonfinite_count", "zero_norm_count")
+        if key not in metrics and key not in exact
     }
     all_metrics = {**base.metrics, **metrics}
     all_reasons = {k: v for k, v in base.reasons.items() if k not in metrics}
@@ -67,6 +71,9 @@ def dense_report(d):
     intervals, methods = dense_intervals(ds, metrics, base.interval_level or 0.95, d.seed)
     base_intervals = {k: v for k, v in base.intervals.items() if k not in metrics}
     base_methods = {k: v for k, v in base.interval_methods.items() if k not in metrics}
+    for key in exact & set(base_methods):
+        if key in base_intervals:
+            base_methods[key] += "; its spread from the class-stratified pixel sample"
     sections = dict(base.sections)
     sections["segmentation"] = _section(d, ds, per)
     meta = {
@@ -91,6 +98,28 @@ def dense_report(d):
         meta=meta,
     )
     return report.with_recommendations(recommend(report, thresholds=d.thresholds))
+
+
+def _from_twin(flat, twin) -> set[str]:
+    """Put the twin's exact fixed-shape state (every labelled pixel) in place of ``flat``'s
+    (the pixel sample's); return the keys then computed from every pixel. The per-sample
+    fields and the reservoir stay the sample's."""
+    if twin is None or twin.dim is None or twin.dim != flat.dim:
+        return set()
+    for name, f in S.FIELDS.items():
+        if f.reduce != "cat" and name in twin.state and name in flat.state:
+            flat.state[name] = twin.state[name].clone()
+    keys = {"nonfinite_count", "zero_norm_count", "ece", "mce", "brier", "nll"}
+    keys |= set(M._geometry_compute(flat.counts, flat.sums, flat.sqnorms, flat.space).to_dict())
+    if flat.num_columns <= MAX_COLUMN_KEYS:  # one-vs-rest histograms and column statistics
+        keys |= {"score_ks", "score_hellinger", "score_fisher"}
+        keys |= {k for k in _column_keys(flat)}
+    return keys
+
+
+def _column_keys(flat) -> list[str]:
+    cs = M._column_stats_compute(flat.colstats)
+    return list(M.flatten_column_stats(cs))
 
 
 def _section(d, ds, per) -> dict:
