@@ -25,7 +25,8 @@ from .distributed import sync_diagnoser
 from .heads import HeadParams, _angles_update, check_head_info, head_meta, head_params, stated_head
 from .reservoir import Reservoir
 from .scores import _ovr_state
-from .segmentation import dense_merge, dense_update, is_dense
+from .segmentation import is_dense
+from .segmentation_hooks import dense_merge, dense_update
 from .state import HIST_BINS_FINE, MAX_COLUMN_KEYS
 
 NAN = float("nan")

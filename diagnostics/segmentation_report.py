@@ -5,9 +5,12 @@ Two parts:
 - exact, from every labelled pixel: ``n`` (labelled pixels), ``num_classes``, ``accuracy``,
   ``macro_f1``, ``miou``, ``mean_f1``, ``fw_iou``, ``imbalance_ratio`` and the ``seg.*`` keys
   (``segmentation_metrics``), with intervals from the bootstrap over images;
-- the embedding geometry, margins, calibration and the other per-sample metrics, computed by
-  the ordinary report (``assembly.assemble``) on the class-stratified pixel sample; each is
-  flagged in ``sampled`` (the sample over-represents small classes by design, so its
+- the ordinary report (``assembly.assemble``) of a Diagnoser holding the class-stratified
+  pixel sample as its per-sample values and reservoir, and the exact twin's fixed-shape state
+  (``DenseState.twin``: every labelled pixel): calibration (ECE, MCE, Brier, NLL), the class
+  geometry, logit column statistics and one-vs-rest score separation are exact; margins, the
+  gray zone, the fitted temperature and the vector metrics come from the sample and are
+  flagged in ``sampled`` (the sample over-represents small classes by design, so their
   class-mix-dependent values describe the sample, not the pixel population).
 
 ``sections["segmentation"]`` holds the per-class table (sorted by pixel count), the confusion
