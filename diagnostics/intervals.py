@@ -780,8 +780,6 @@ def _retrieval(d, out: _Intervals, x, y: torch.Tensor, n: float, retrieval=None)
     out each of ``JACKKNIFE_GROUPS`` groups of rows in turn and recomputing MAP@R on the rest
     measures both roles. On at most ``JACKKNIFE_ROWS`` rows (the first by key: a uniform
     sample), the standard error scaled from them to the rows used (1 / sqrt(rows))."""
-    from .retrieval import knn_retrieval
-
     counts = torch.bincount(y)
     queries = int((counts[y] >= 2).sum())
     if queries == 0:
@@ -808,17 +806,8 @@ def _retrieval(d, out: _Intervals, x, y: torch.Tensor, n: float, retrieval=None)
         return
     m = min(used, JACKKNIFE_ROWS)
     groups = JACKKNIFE_GROUPS
-    group = np.arange(m) % groups
-    values = []
-    for g in range(groups):
-        keep = torch.from_numpy(group != g)
-        yk = y[:m][keep]
-        if int((torch.bincount(yk) >= 2).sum()) == 0:
-            break
-        r = knn_retrieval(x[:m][keep], yk, ks=(1,), space=d.space, chunk_size=1024)
-        values.append(r.map_at_r)
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) < groups or not np.isfinite(v).all():
+    v = _jackknife_map_at_r(x[:m], y[:m].numpy(), groups, d.space)
+    if v is None:
         out.none("map_at_r", "none: too few rows with a classmate to leave groups out")
         return
     se = math.sqrt((groups - 1) / groups * float(((v - v.mean()) ** 2).sum()))
@@ -828,6 +817,41 @@ def _retrieval(d, out: _Intervals, x, y: torch.Tensor, n: float, retrieval=None)
         se * math.sqrt(m / used),
         f"delete-a-group jackknife ({groups} groups of rows, each left out in turn){scaled}" + note,
     )
+
+
+def _jackknife_map_at_r(x: torch.Tensor, y: np.ndarray, groups: int, space: str):
+    """MAP@R of the rows without each group (rows at positions g, g + groups, ...), from one
+    ranking of every row's neighbours (float64; ties by the lower row, as knn_retrieval):
+    leaving rows out removes them from each remaining query's ranked list and its R. None
+    when a subset has no query."""
+    m = len(y)
+    xs = x.double()
+    if space == "cosine":
+        xs = torch.nn.functional.normalize(xs, dim=1)
+        sim = xs @ xs.T
+    else:
+        sq = (xs * xs).sum(1)
+        sim = 2 * xs @ xs.T - sq[:, None] - sq[None, :]
+    sim.fill_diagonal_(-math.inf)
+    order = np.argsort(-sim.numpy(), axis=1, kind="stable")[:, : m - 1]  # self is last
+    rel = y[order] == y[:, None]  # [m, m - 1], ranked neighbours
+    group = np.arange(m) % groups
+    gr = group[order]
+    values = []
+    for g in range(groups):
+        keep = gr != g
+        rows = group != g
+        rk = rel[rows] & keep[rows]
+        r = rk.sum(1)
+        live = r > 0
+        if not live.any():
+            return None
+        pos = np.cumsum(keep[rows], axis=1)  # rank among the rows kept
+        hit = rk & (pos <= r[:, None])
+        prec = np.cumsum(hit, axis=1) / np.maximum(pos, 1)
+        ap = (prec * hit).sum(1)[live] / r[live]
+        values.append(float(ap.mean()))
+    return np.asarray(values)
 
 
 # ----------------------------------------------------------------------------------------------
