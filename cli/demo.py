@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +170,14 @@ def _train_diagnose_write(out: Path, *, force: bool, epochs: int, seed: int) -> 
     reports["arcface"] = reports["arcface"].with_recommendations(
         recommend(reports["arcface"], baseline=reports["bce"])
     )
-    for name in names:
+    titles = {
+        "bce": "BCE baseline (one logit, BCEWithLogits)",
+        "arcface": f"ArcFace (m = {DEMO_ARCFACE['m']:g}, s = {DEMO_ARCFACE['s']:g}, two classes)",
+    }
+    dataset = f"scikit-learn digits, odd vs even: the {len(split.y_val)} validation scans"
+    for name in names:  # the report's title names the model and its data
+        meta = {**reports[name].meta, "model": titles[name], "dataset": dataset}
+        reports[name] = replace(reports[name], meta=meta)
         files[name] = write_report(reports[name], out / name, force=force)
     comparison = compare(reports["bce"], reports["arcface"])
     out.mkdir(parents=True, exist_ok=True)
@@ -181,10 +189,6 @@ def _train_diagnose_write(out: Path, *, force: bool, epochs: int, seed: int) -> 
         json.dumps(comparison.to_dict(), indent=1, allow_nan=False) + "\n", encoding="utf-8"
     )
 
-    titles = {
-        "bce": "BCE baseline (one logit, BCEWithLogits)",
-        "arcface": f"ArcFace (m = {DEMO_ARCFACE['m']:g}, s = {DEMO_ARCFACE['s']:g}, two classes)",
-    }
     for name in names:
         print(f"\n== {titles[name]} ==")
         print(summary_text(reports[name], files=files[name]))

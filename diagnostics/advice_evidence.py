@@ -14,6 +14,7 @@ import numpy as np
 
 from .compare import _finite, _get
 from .report import Recommendation, Report
+from .sections import Reliability
 
 NAN = float("nan")
 
@@ -93,11 +94,11 @@ def ece_lower_bound(report: Report, level: float = 0.95) -> float:
     if not (_finite(ece, n) and n > 0):
         return NAN
     z = _z(level)
-    rel = report.sections.get("reliability") if isinstance(report.sections, dict) else None
+    rel = report.sections.get("reliability")
     mean = var = 0.0
-    if isinstance(rel, dict) and rel.get("count") and rel.get("accuracy"):
-        counts = np.asarray(rel["count"], dtype=float)
-        acc = np.nan_to_num(np.asarray(rel["accuracy"], dtype=float))
+    if isinstance(rel, Reliability) and rel.count and rel.accuracy:
+        counts = np.asarray(rel.count, dtype=float)
+        acc = np.nan_to_num(np.asarray(rel.accuracy, dtype=float))
         used = counts > 0
         nb, a = counts[used], (acc[used] * counts[used] + 1) / (counts[used] + 2)
         sigma = np.sqrt(a * (1 - a) / nb)
@@ -119,12 +120,12 @@ def calibration_gap(report: Report, level: float = 0.95) -> dict | None:
     clears a threshold beyond the accuracy's interval is a miscalibration that a temperature can
     fix, measured as precisely as the accuracy itself.
     """
-    rel = report.sections.get("reliability") if isinstance(report.sections, dict) else None
-    if not (isinstance(rel, dict) and rel.get("count") and rel.get("confidence")):
+    rel = report.sections.get("reliability")
+    if not (isinstance(rel, Reliability) and rel.count and rel.confidence):
         return None
-    counts = np.asarray(rel["count"], dtype=float)
-    conf = np.nan_to_num(np.asarray(rel["confidence"], dtype=float))
-    acc = np.nan_to_num(np.asarray(rel["accuracy"], dtype=float))
+    counts = np.asarray(rel.count, dtype=float)
+    conf = np.nan_to_num(np.asarray(rel.confidence, dtype=float))
+    acc = np.nan_to_num(np.asarray(rel.accuracy, dtype=float))
     n = float(counts.sum())
     if not n > 0:
         return None

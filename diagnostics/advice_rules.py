@@ -21,6 +21,7 @@ from .advice_evidence import (
 from .calibration import T_MAX, T_MIN
 from .compare import _finite, _get
 from .report import Recommendation, Report
+from .sections import ClassTable
 
 # that learned little beyond the class prior does
 PRIOR = 1.5
@@ -52,14 +53,15 @@ def _collapse(report: Report, t: dict) -> dict | None:
                 },
             }
         return None
-    rows = report.sections.get("classes") or []
-    if rows and all("predicted" in r for r in rows):
-        total = sum(r["count"] for r in rows)
-        predicted = max(rows, key=lambda r: r["predicted"])
-        counts = sorted((r["count"] for r in rows), reverse=True)
+    table = report.sections.get("classes")
+    rows = table.rows if isinstance(table, ClassTable) else ()
+    if rows and all(r.predicted is not None for r in rows):
+        total = sum(r.count for r in rows)
+        predicted = max(rows, key=lambda r: r.predicted)
+        counts = sorted((r.count for r in rows), reverse=True)
         commonest = counts[0]
         clear = len(counts) < 2 or commonest >= PRIOR * counts[1]
-        top_pred = predicted["predicted"] / total if total else 0
+        top_pred = predicted.predicted / total if total else 0
         top_label = commonest / total if total else 0
         low, high = wilson_interval(top_pred, total, level)
         if low > rate and top_label < rate:
@@ -71,7 +73,7 @@ def _collapse(report: Report, t: dict) -> dict | None:
                     "op": ">",
                 },
                 "top_label_share": {"value": top_label},
-                "onto_commonest_label": {"value": float(predicted["count"] == commonest and clear)},
+                "onto_commonest_label": {"value": float(predicted.count == commonest and clear)},
             }
     return None
 

@@ -28,6 +28,20 @@ from .registry import VECTOR_KEYS as _VECTOR_KEYS
 from .registry import subset_of
 from .report import Report
 from .scores import _ovr_from_rows, _ovr_separation
+from .sections import (
+    ClassMargins,
+    ClassRow,
+    ClassTable,
+    Confusion,
+    Hardest,
+    HardSample,
+    Head,
+    Histogram,
+    Histograms,
+    LogitColumns,
+    Pca,
+    Reliability,
+)
 from .state import HIST_BINS_FINE, MAX_COLUMN_KEYS
 
 NAN = float("nan")
@@ -62,7 +76,9 @@ def assemble(d) -> Report:
     retrieval = _vectors(d, metrics, reasons, sampled, sections)
     sections["classes"] = _class_table(d, order)
     if d.num_columns is None and "hardest" not in sections:
-        sections["hardest"] = []
+        sections["hardest"] = Hardest()
+    if "histograms" in sections:
+        sections["histograms"] = Histograms(**sections["histograms"])
     if d.margin_leak is not None:
         metrics["head.margin_leak"] = 1.0 if d.margin_leak else 0.0
     report = Report(
@@ -88,27 +104,30 @@ def _logits(d, metrics, reasons, sampled, sections, labels) -> None:
     metrics.update(M.classification_scores(cm))
     hard = M._hard_compute(s, y, d.ids, d.hard_k)
     metrics.update(hard.to_dict())
-    sections["hardest"] = hard.hardest
+    sections["hardest"] = Hardest(tuple(HardSample.from_dict(h) for h in hard.hardest))
     cs = M._column_stats_compute(d.colstats)
-    sections["logit_columns"] = cs
+    labels_of_rows = d._values[: len(cs["by_class"])]  # by_class rows are class slots
+    sections["logit_columns"] = LogitColumns.from_dict({**cs, "labels": labels_of_rows})
+    sections["confusion"] = Confusion.of(cm, d._values)
+    yy = y.numpy()
+    values = np.asarray(d._values)
+    sections["class_margins"] = ClassMargins.of(margin, values[yy])
     if (d.num_columns or 0) <= MAX_COLUMN_KEYS:
         metrics.update(M.flatten_column_stats(cs))
     top = s["top_prob"].numpy()
     edges = M.histogram_edges(d.bins)
     sections["histograms"] = {}
     mhist_edges = np.histogram_bin_edges(margin, bins=40)
-    yy = y.numpy()
     series = (
-        {f"class {d._values[c]}": yy == c for c in range(k)}
+        {int(d._values[c]): yy == c for c in range(k)}
         if k <= MAX_PLOT_SERIES
-        else {"all samples": np.ones(len(yy), dtype=bool)}
+        else {"all": np.ones(len(yy), dtype=bool)}
     )
-    sections["histograms"]["margin"] = {
-        "edges": mhist_edges.tolist(),
-        "counts": {
-            name: np.histogram(margin[sel], mhist_edges)[0].tolist() for name, sel in series.items()
-        },
-    }
+    sections["histograms"]["margin"] = Histogram.of(
+        "margin",
+        mhist_edges,
+        {key: np.histogram(margin[sel], mhist_edges)[0] for key, sel in series.items()},
+    )
     if d.num_columns <= 2:
         odds = s["log_odds"]
         p = torch.sigmoid(odds).numpy()
@@ -126,11 +145,7 @@ def _logits(d, metrics, reasons, sampled, sections, labels) -> None:
         if not pos.any() or not neg.any():
             for key in ("score_ks", "score_hellinger", "score_fisher"):
                 reasons[key] = "needs samples of both classes"
-        sections["histograms"]["score"] = {
-            "edges": edges.tolist(),
-            "counts": {"class 0": hn.tolist(), "class 1": hp.tolist()},
-            "xlabel": "P(positive)",
-        }
+        sections["histograms"]["score"] = Histogram.of("probability", edges, {0: hn, 1: hp})
     else:
         _multiclass_scores(d, metrics, reasons, sampled, sections, top)
 
@@ -166,14 +181,14 @@ def _multiclass_scores(d, metrics, reasons, sampled, sections, top) -> None:
     reasons["score_ks"] = f"one-vs-rest, macro-averaged over classes; {how}"
     group = HIST_BINS_FINE // d.bins
     neg_h = all_h - pos_h
-    sections["histograms"]["score"] = {
-        "edges": M.histogram_edges(d.bins).tolist(),
-        "counts": {
-            "true class": pos_h.sum(0).reshape(-1, group).sum(1).tolist(),
-            "other classes": neg_h.sum(0).reshape(-1, group).sum(1).tolist(),
+    sections["histograms"]["score"] = Histogram.of(
+        "ovr_probability",
+        M.histogram_edges(d.bins),
+        {
+            "true_class": pos_h.sum(0).reshape(-1, group).sum(1),
+            "other_classes": neg_h.sum(0).reshape(-1, group).sum(1),
         },
-        "xlabel": "P(class) one-vs-rest, pooled",
-    }
+    )
 
 
 def _calibration(d, metrics, reasons, sampled, sections) -> None:
@@ -207,7 +222,7 @@ def _calibration(d, metrics, reasons, sampled, sections) -> None:
     metrics.update(result.to_dict())
     reasons.update(result.reasons)
     reasons.setdefault("fitted_temperature", how)
-    sections["reliability"] = result.reliability
+    sections["reliability"] = Reliability.from_dict(result.reliability)
     # what dividing the logits by T would give, on the rows T was fitted on (in-sample: the
     # advice's track record says how it holds on other data)
     t = metrics.get("fitted_temperature", NAN)
@@ -259,14 +274,14 @@ def _head(d, metrics, reasons, sections) -> None:
         metrics["fallback_fraction"] = NAN
         reasons["fallback_fraction"] = "defined for angular (ArcFace-like) margins only"
     edges = np.linspace(0, 180, 61)
-    sections.setdefault("histograms", {})["angle"] = {
-        "edges": edges.tolist(),
-        "counts": {
-            "to true class": np.histogram(t, edges)[0].tolist(),
-            "to nearest other": np.histogram(o[np.isfinite(o)], edges)[0].tolist(),
+    sections.setdefault("histograms", {})["angle"] = Histogram.of(
+        "angle",
+        edges,
+        {
+            "to_true_class": np.histogram(t, edges)[0],
+            "to_nearest_other": np.histogram(o[np.isfinite(o)], edges)[0],
         },
-        "xlabel": "angle (degrees)",
-    }
+    )
     means = d.sums / d.counts.clamp_min(1)[:, None]
     predicted = d.confusion.sum(0) if d.confusion is not None else None
     h, r = head_health(
@@ -279,7 +294,7 @@ def _head(d, metrics, reasons, sections) -> None:
     metrics.update(h)
     reasons.update(r)
     reasons.update(provenance_reasons(head_provenance(hp, d.head_info), hp.s, hp.m))
-    sections["head"] = {"kind": hp.kind, "m": hp.m, "s": hp.s, "num_classes": hp.num_classes}
+    sections["head"] = Head(hp.kind, hp.m, hp.s, hp.num_classes)
 
 
 def _stated_head(d, metrics, reasons, sections) -> None:
@@ -298,13 +313,9 @@ def _stated_head(d, metrics, reasons, sections) -> None:
         else:
             reasons[f"head.{key}"] = "stated; the head's weights are not known"
     metrics["head.num_classes"] = float(classes)
-    sections["head"] = {
-        "kind": facts.get("kind", "unknown"),
-        "m": facts.get("m"),
-        "s": facts.get("s"),
-        "num_classes": classes,
-        "weights": False,
-    }
+    sections["head"] = Head(
+        facts.get("kind", "unknown"), facts.get("m"), facts.get("s"), classes, weights=False
+    )
 
 
 def _vectors(d, metrics, reasons, sampled, sections):
@@ -346,7 +357,7 @@ def _vectors(d, metrics, reasons, sampled, sections):
         reasons["centroid_confusion_count"] = "needs at least two classes"
     _pairs(d, x[: d.pair_rows], y[: d.pair_rows], metrics, reasons, sections)
     retrieval = _retrieval(d, x[: d.retrieval_rows], y[: d.retrieval_rows], metrics, reasons)
-    sections["pca"] = pca_view(x, y, d._values, d.seed, limit=d.pca_rows)
+    sections["pca"] = Pca.from_dict(pca_view(x, y, d._values, d.seed, limit=d.pca_rows))
     return retrieval
 
 
@@ -373,11 +384,9 @@ def _pairs(d, x, y, metrics, reasons, sections) -> None:
     metrics.update(v.to_dict())
     for note_key, note in (getattr(v, "notes", None) or {}).items():
         reasons.setdefault(str(note_key), str(note))
-    sections.setdefault("histograms", {})["pair"] = {
-        "edges": edges.tolist(),
-        "counts": {"genuine": hg.tolist(), "impostor": hi.tolist()},
-        "xlabel": "cosine similarity of a pair",
-    }
+    sections.setdefault("histograms", {})["pair"] = Histogram.of(
+        "cosine", edges, {"genuine": hg, "impostor": hi}
+    )
 
 
 def _retrieval(d, x, y, metrics, reasons):
@@ -396,7 +405,7 @@ def _retrieval(d, x, y, metrics, reasons):
     return r
 
 
-def _class_table(d, order) -> list[dict]:
+def _class_table(d, order) -> ClassTable:
     n_c = d.counts.numpy()
     means = (d.sums / d.counts.clamp_min(1)[:, None]).numpy()
     q = d.sqnorms.numpy()
@@ -405,15 +414,19 @@ def _class_table(d, order) -> list[dict]:
         if n_c[slot] == 0:
             continue
         spread = q[slot] / n_c[slot] - means[slot] @ means[slot]
-        row = {
-            "label": int(d._values[slot]),
-            "count": int(n_c[slot]),
-            "mean_norm": float(np.linalg.norm(means[slot])),
-            "spread": float(max(spread, 0.0)),
-        }
+        recall = predicted = None
         if d.confusion is not None:
             cm = d.confusion.numpy()
-            row["recall"] = float(cm[slot, slot] / cm[slot].sum()) if cm[slot].sum() else NAN
-            row["predicted"] = int(cm[:, slot].sum())
-        rows.append(row)
-    return rows
+            recall = float(cm[slot, slot] / cm[slot].sum()) if cm[slot].sum() else NAN
+            predicted = int(cm[:, slot].sum())
+        rows.append(
+            ClassRow(
+                int(d._values[slot]),
+                int(n_c[slot]),
+                float(np.linalg.norm(means[slot])),
+                float(max(spread, 0.0)),
+                recall,
+                predicted,
+            )
+        )
+    return ClassTable(tuple(rows))

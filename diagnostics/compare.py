@@ -50,6 +50,7 @@ from .intervals import (
 from .provenance import checkpoint_phrase
 from .registry import compared_keys, gate_tolerance, gated_keys, info, is_count
 from .report import Recommendation, Report, direction
+from .sections import ClassTable
 
 NAN = float("nan")
 DEFAULT_TOLERANCE = 0.02  # the gate's (check_regression, --baseline)
@@ -175,12 +176,10 @@ def _meta(report: Report) -> dict:
 
 def _labels(report: Report) -> list | None:
     """The sorted label values of the report's class table; None without one."""
-    rows = report.sections.get("classes") if isinstance(report.sections, dict) else None
-    if not isinstance(rows, list) or not rows:
+    table = report.sections.get("classes") if isinstance(report.sections, dict) else None
+    if not isinstance(table, ClassTable) or not table.rows:
         return None
-    if not all(isinstance(r, dict) and isinstance(r.get("label"), int) for r in rows):
-        return None
-    return sorted({r["label"] for r in rows})
+    return sorted({r.label for r in table.rows})
 
 
 def _class_count(report: Report, labels: list | None) -> float | None:

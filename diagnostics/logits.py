@@ -267,7 +267,18 @@ def _hard_compute(h: dict, y: torch.Tensor, ids, k: int) -> HardExamples:
     margin = h["margin"].cpu().numpy()
     names = np.asarray(ids if ids is not None else np.arange(n)).astype(str)
     order = np.lexsort((names, margin))[:k]  # ties broken by id: independent of sample order
-    hardest = [{"id": str(names[i]), "label": int(y[i]), "margin": float(margin[i])} for i in order]
+    pred, top_prob = h["pred"].cpu().numpy(), h["top_prob"].cpu().numpy()
+    hardest = [
+        {
+            "id": str(names[i]),
+            "label": int(y[i]),
+            "margin": float(margin[i]),
+            "predicted": int(pred[i]),
+            # 6 decimals: the last bits of a batched softmax depend on the batching
+            "top_prob": round(float(top_prob[i]), 6),
+        }
+        for i in order
+    ]
     gray = int(h["gray"].sum())
     return HardExamples(
         gray,

@@ -168,6 +168,7 @@ def diagnose_model(
         report = with_leak_scores(report, both.state, diagnoser.thresholds)
     report = with_thumbnails(report, keeper)
     source = {
+        "model": type(model).__name__,  # what the report's title names when nothing else does
         "embedding": runner.embedding_source,
         "margin_leak_probed": leak is not None,
         "device": str(runner.device),

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .registry import direction  # re-exported: report.direction
+from .sections import parse_sections, sections_to_dict
 
 SCHEMA = "embscope.report/1"
 NAN = float("nan")
@@ -77,7 +78,10 @@ class Report:
     metrics: flat mapping of dotted name -> number (what CI compares; nan when undefined).
     reasons: why a metric is nan, or how it was obtained (e.g. "binned", "sampled").
     sampled: for metrics computed on the bounded reservoir, {"exact", "sample_size", "population"}.
-    sections: richer data (per-class table, histograms with edges, hardest samples, head, PCA).
+    sections: what the plots and tables are drawn from, typed (``sections.py``: histograms,
+        reliability, logit columns, class margins, confusion, classes, hardest samples, head,
+        PCA); the dict form of report.json given here is read into those types, and sections
+        of other names (e.g. ``"thumbnails"``: id -> base64 PNG) are kept as given.
     recommendations: advice with its evidence.
     meta: schema and the options the report was computed with; ``meta["data"]`` the data's
         fingerprint (n, class counts, hashes of the labels and ids; `intervals.fingerprint`).
@@ -99,6 +103,9 @@ class Report:
     interval_methods: dict = field(default_factory=dict)
     samples: dict | None = field(default=None, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sections", parse_sections(self.sections))
+
     def with_recommendations(self, recs: list) -> Report:
         return replace(self, recommendations=list(recs))
 
@@ -114,7 +121,7 @@ class Report:
             "reasons": dict(self.reasons),
             "sampled": _clean(self.sampled),
             "recommendations": [r.to_dict() for r in self.recommendations],
-            "sections": _clean(self.sections),
+            "sections": _clean(sections_to_dict(self.sections)),
             "meta": _clean({**self.meta, "schema": SCHEMA}),
             **(
                 {
