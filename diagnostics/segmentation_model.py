@@ -21,7 +21,7 @@ from torch import nn
 
 from .diagnoser import Diagnoser
 from .errors import InputError
-from .forward import split_output
+from .forward import labels_parameter, split_output
 from .report import Report
 
 
@@ -43,6 +43,10 @@ def diagnose_segmentation_model(
     device = torch.device(device)
     modes = {m: m.training for m in model.modules()}
     model.to(device).eval()
+    # labels that never reach the model cannot put a margin into its logits; a forward that
+    # takes labels is not probed here (margin_leak stays unknown unless the caller states it)
+    if labels_parameter(model) is None:
+        diagnoser_options.setdefault("margin_leak", False)
     diagnoser = Diagnoser(**diagnoser_options)
     finder = _FeatureFinder(model, embedding_layer)
     source = None
@@ -88,7 +92,7 @@ def diagnose_segmentation_model(
         raise InputError("data", str(error), "check the masks", argument="data") from error
     meta_source = {
         "embedding": source or "the logits (no feature map feeding the classifier was found)",
-        "margin_leak_probed": False,
+        "margin_leak_probed": diagnoser.margin_leak is not None,
         "device": str(device),
     }
     from dataclasses import replace
