@@ -134,6 +134,9 @@ class TrainingMonitor:
         """
         if epoch is None:
             epoch = max(self.history.epochs("val") + self.history.epochs("train"), default=0) + 1
+        for split in ("val", "train"):  # the same on every rank: all raise, none hangs
+            if epoch in self.history.epochs(split):
+                raise ValueError(f"epoch {epoch} of split {split!r} is already in the history")
         phases, self._phases = self._phases, {}
         distributed, rank = _distributed()
         if distributed:  # every rank finishes the splits any rank fed (the syncs must pair up)
@@ -207,48 +210,47 @@ class TrainingMonitor:
 
 
 class _Phase:
-    """One split's Diagnoser for the current epoch and the runner that feeds it."""
+    """One split's Diagnoser for the current epoch, fed batch by batch."""
 
     def __init__(self, monitor: TrainingMonitor, with_runner: bool) -> None:
         self.monitor = monitor
-        self.runner = (
-            ModelRunner(monitor.model, head=monitor.head, embedding_layer=monitor.embedding_layer)
-            if with_runner
-            else None
-        )
+        self.with_runner = with_runner
+        self.head = monitor.head
         self.diagnoser: Diagnoser | None = None
         self.probed = False
 
     def _diagnoser(self, leak: bool | None) -> Diagnoser:
         if self.diagnoser is None:
-            head = self.runner.head if self.runner is not None else self.monitor.head
-            self.diagnoser = Diagnoser(head=head, margin_leak=leak, **self.monitor.options)
+            self.diagnoser = Diagnoser(head=self.head, margin_leak=leak, **self.monitor.options)
         return self.diagnoser
 
     def run(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
-        if self.runner is None:
+        if not self.with_runner:
             raise RuntimeError("this epoch was fed outputs: use update_outputs for all batches")
         labels = torch.as_tensor(labels)
-        with self.runner.evaluating():
-            leak = None
-            if not self.probed:  # once per epoch, as diagnose_model probes its first batch
-                # a forward without labels cannot leak a margin: no leak, as diagnose_model says
-                leak = bool(self.runner.probe(inputs, labels))
-                self.probed = True
-            embedding, logits = self.runner(inputs, labels)
+        m = self.monitor
+        # a runner per batch, its hooks removed right after: a hook that outlived the batch
+        # would record every training forward until the next call (the embedding found is the
+        # same each time: the choice depends on the model, not the batch)
+        runner = ModelRunner(m.model, head=m.head, embedding_layer=m.embedding_layer)
+        leak = None
+        try:
+            with runner.evaluating():
+                if not self.probed:  # once per epoch, as diagnose_model probes its first batch
+                    # a forward without labels cannot leak a margin: no leak, as diagnose_model
+                    leak = bool(runner.probe(inputs, labels))
+                    self.probed = True
+                embedding, logits = runner(inputs, labels)
+        finally:
+            runner._recorder.remove()
+        self.head = runner.head
         self._diagnoser(leak).update(embedding, labels, logits)
 
     def feed(self, embedding, labels, logits) -> None:
         self._diagnoser(None).update(embedding.detach(), labels, logits)
 
     def finish(self) -> tuple[Report, Diagnoser]:
-        if self.runner is not None:
-            # the runner keeps a forward hook on the model for the embedding: drop it, or it
-            # would record every training batch until the next validation
-            self.runner._recorder.remove()
-        diagnoser = self.diagnoser
-        if diagnoser is None:
-            diagnoser = self._diagnoser(None)
+        diagnoser = self._diagnoser(None)
         distributed, _ = _distributed()
         if distributed and diagnoser.sync_on_compute:
             # every rank must take part, including one that saw no batch; synced in place so

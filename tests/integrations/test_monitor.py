@@ -40,6 +40,8 @@ def test_report_equals_diagnose_model(model, split):
     monitor = TrainingMonitor(model, **OPTIONS)
     model.train()
     _feed(monitor, split)
+    # no hook outlives a batch: training forwards in between are not recorded
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
     report = monitor.epoch_end()
     assert model.training  # its flags restored after each batch
     expected = diagnose_model(model, (split.x_val[:300], split.y_val[:300]), **OPTIONS)
@@ -50,8 +52,9 @@ def test_report_equals_diagnose_model(model, split):
             {k: v[bound] for k, v in expected.intervals.items()},
         )
     assert monitor.history.epochs() == [1]
-    # the embedding hook is gone once the epoch ends: training batches are not recorded
-    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+    monitor.update(split.x_val[:10], split.y_val[:10])
+    with pytest.raises(ValueError, match="epoch 1 of split 'val' is already in the history"):
+        monitor.epoch_end(1)
 
 
 def test_outputs_fed_directly(model, split):
