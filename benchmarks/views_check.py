@@ -6,8 +6,9 @@ model has one encoder per view, a gate giving each sample's two views a softmax 
 logits multiplied by ``sharpness``: 1 or 6, sharper gates degenerate more easily) and a linear
 classifier on the fused (weighted) embedding, trained with a FusionLoss preset (simple,
 standard, full, advanced). The right view is clean, noisier (extra pixel noise 1.0) or dead
-(replaced by noise: it carries nothing). Grid: 3 right views x 2 sharpnesses x 4 presets x
-seeds.
+(replaced by noise: it carries nothing), or clean with a gate that starts on the left view
+(its bias favours it by a logit difference of 4: a gate that settled on one view early). Grid:
+4 settings x 2 sharpnesses x 4 presets x seeds.
 
 For each model the validation set is split in two stratified halves A and B.
 ``diagnose_views`` on A gives the advice (`recommend_views`, with the preset's w_attention);
@@ -21,7 +22,8 @@ following it is judged on B:
   view's EER on B is at most the fused EER + 0.01.
 
 The thresholds (views_advice.VIEW_THRESHOLDS) were chosen on seeds 100 and 101 with gate
-sharpness 1 and 4; the published table is from seeds 0-2 with sharpness 1 and 6.
+sharpness 1 and 4 and the first three settings; the published table is from seeds 0 and 1
+with sharpness 1 and 6 and all four.
 
 Usage: ``nice -n 10 python benchmarks/views_check.py [--seeds 0 1 2] [--write]``; ``--write``
 stores the counts in diagnostics/views_track_record.json (read by views_advice.py).
@@ -48,7 +50,8 @@ from embscope.losses import FUSION_PRESETS, FusionLoss
 
 LEFT = [r * 8 + c for r in range(8) for c in range(4)]
 RIGHT = [r * 8 + c for r in range(8) for c in range(4, 8)]
-RIGHT_VIEWS = ("clean", "noisy", "dead")
+RIGHT_VIEWS = ("clean", "noisy", "dead", "clean_gate_left")
+GATE_BIAS = 4.0  # clean_gate_left: the gate starts with this logit difference for the left view
 SHARPNESS = (1.0, 6.0)
 EPOCHS = 20
 BATCH = 128
@@ -103,9 +106,14 @@ def make_split(seed: int, right: str) -> Split:
     )
 
 
-def fit(split: Split, preset: str, sharpness: float, seed: int, w_attention=None) -> nn.Module:
+def fit(
+    split: Split, preset: str, sharpness: float, seed: int, w_attention=None, split_kind=""
+) -> nn.Module:
     torch.manual_seed(seed)
     model = TwoViewNet(sharpness)
+    if split_kind == "clean_gate_left":  # a gate that settles on one view from the start
+        with torch.no_grad():
+            model.gate.bias.copy_(torch.tensor([GATE_BIAS / 2, -GATE_BIAS / 2]))
     weights = {} if w_attention is None else {"w_attention": w_attention}
     criterion = FusionLoss(num_classes=10, feat_dim=16, mode=preset, **weights)
 
@@ -160,7 +168,7 @@ def run_cell(cell: tuple[int, str]) -> list[dict]:
         for preset in FUSION_PRESETS:
             cpu0 = time.process_time()
             w_att = FUSION_PRESETS[preset]["w_attention"]
-            model = fit(split, preset, sharpness, seed)
+            model = fit(split, preset, sharpness, seed, split_kind=right)
             ra = report(model, split, a_rows)
             recs = {r.action: r for r in recommend_views(ra, w_attention=w_att)}
             row = {
@@ -177,7 +185,8 @@ def run_cell(cell: tuple[int, str]) -> list[dict]:
                 row["b"] = _summary(rb)
             if "raise_attention_balance" in recs:
                 value = recs["raise_attention_balance"].value
-                rb2 = report(fit(split, preset, sharpness, seed, w_attention=value), split, b_rows)
+                followed = fit(split, preset, sharpness, seed, w_attention=value, split_kind=right)
+                rb2 = report(followed, split, b_rows)
                 m, m2 = rb.metrics, rb2.metrics
                 row["judged"]["raise_attention_balance"] = (
                     bool(m2["attention.balance_gap"] < m["attention.balance_gap"]),
@@ -199,7 +208,7 @@ def run_cell(cell: tuple[int, str]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--rows", type=Path, help="write every model's row as JSON lines here")
     parser.add_argument("--processes", type=int, default=2)
@@ -226,7 +235,7 @@ def main() -> None:
         counts[rule]["target"] = targets[rule]
     print()
     print(
-        "| rule | fired | target improved | task not worse | clean / noisy / dead right view: "
+        "| rule | fired | target improved | task not worse | clean / noisy / dead / gate-left: "
         "fired, improved, not worse |"
     )
     print("|---|---:|---:|---:|---|")

@@ -14,8 +14,8 @@ Two rules, each with the measured track record that benchmarks/views_check.py wr
   (and on recall@1 when there is one) does not lie on the better side of 0. The best single
   view is as good as the fused model on these data; the simpler model does the same job.
 
-A rule that fires at ``warning`` has a track record of at least 90% target improved and 80%
-task not worse; otherwise it is information.
+A rule is a warning when its track record, over at least 20 models where it fired, shows 90%
+target improved and 80% task not worse; otherwise it is information.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ VIEW_THRESHOLDS = {
 }
 VIEW_RULES = ("raise_attention_balance", "prefer_single_view")
 GOAL_TARGET, GOAL_TASK = 0.9, 0.8  # a warning needs these shares in its track record
+SATURATED = 0.95  # share of degenerate samples above which the gate counts as saturated
+MIN_FIRED = 20  # ... over at least this many models; fewer are no evidence either way
 
 
 @lru_cache(maxsize=1)
@@ -60,9 +62,10 @@ def _record(rule: str) -> dict:
 
 
 def severity(rule: str) -> str:
-    """warning when the rule's track record meets the goal, else info."""
+    """warning when the rule's track record meets the goal over at least MIN_FIRED models,
+    else info."""
     r = _record(rule)
-    if not r["fired"]:
+    if r["fired"] < MIN_FIRED:
         return "info"
     ok = (
         r["target_improved"] >= GOAL_TARGET * r["fired"]
@@ -155,7 +158,14 @@ def attention_rule(report, section, t, w_attention=None) -> Recommendation | Non
         f"{att['degenerate_fraction']:.0%} of samples put over {att['threshold']:g} on one "
         f"view), yet {neglected!r} alone retrieves the right class nearly as well "
         f"(recall@1 {r_neg:.3f} vs {r_fav:.3f}): the gate ignores a view that carries "
-        "information. Raise the attention balance weight (FusionLoss w_attention). " + _phrase(rule)
+        "information. Raise the attention balance weight (FusionLoss w_attention). "
+        + (
+            "Nearly every sample's weight is saturated on one view: there, a larger weight did "
+            "not move the gate in the measurements (its softmax passes almost no gradient). "
+            if att["degenerate_fraction"] > SATURATED
+            else ""
+        )
+        + _phrase(rule)
     )
     return Recommendation(rule, severity(rule), reason, value, evidence)
 
