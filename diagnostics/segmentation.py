@@ -197,11 +197,14 @@ class DenseState:
         self.state["ignored"] += float((~labelled).sum())
         self.state["nonfinite"] += float((labelled & ~finite).sum())
         self.state["images"] += float(b)
-        logp = torch.log_softmax(torch.where(finite[..., None], zf, 0).double(), dim=2)
-        pred = logp.argmax(2)
+        zk = zf[keep].float()  # [M, C]: the labelled pixels with finite outputs
+        xk = zk if x is None else xf[keep].float()
+        lp = torch.log_softmax(zk.double(), dim=1)
+        p = lp.argmax(1)
+        pred = torch.full_like(y, -1)  # -1 where nothing is predicted (ignored or NaN/Inf)
+        pred[keep] = p
         img = torch.arange(b, device=y.device)[:, None].expand_as(y)
-        t, p, i = y[keep], pred[keep], img[keep]
-        lp = logp[keep]  # [M, C]
+        t, i = y[keep], img[keep]
         self.state["confusion"] += _bincount(t * k + p, k * k).reshape(k, k)
         prob = lp.exp()
         bins = (prob * HIST_BINS).long().clamp_(max=HIST_BINS - 1)  # [M, C]
@@ -240,16 +243,12 @@ class DenseState:
         self.state["groups"].index_add_(0, (keys % IMAGE_GROUPS).cpu(), rows.cpu())
         self._worst(rows, keys, y, pred, shape, ids)
         # the class-stratified pixel sample: embeddings (or logits) with the logits
-        sample = (
-            torch.cat([xf[keep].float(), zf[keep].float()], 1)
-            if x is not None
-            else zf[keep].float()
-        )
+        sample = torch.cat([xk, zk], 1) if x is not None else zk
         for c in torch.unique(t).tolist():
             sel = t == c
             self.reservoirs[c].update(sample[sel], t[sel])
         if self.twin is not None and len(t):
-            self.twin.update(xf[keep] if x is not None else zf[keep], t, zf[keep])
+            self.twin.update(xk, t, zk)
             for name in S.cat_fields():
                 self.twin.state[name].clear()
 
