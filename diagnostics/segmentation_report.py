@@ -90,8 +90,19 @@ def dense_report(d):
             "labelled_pixels": float(metrics["n"]),
         },
     }
+    # what identifies the data: every labelled pixel's class (compare refuses other data);
+    # no per-sample values: two models' pixel samples hold different pixels, so pairing them
+    # would be wrong (comparisons use the intervals)
+    pixels = per["cm"].sum(1)
+    meta["data"] = {
+        "n": int(metrics["n"]),
+        "class_counts": {str(c): int(v) for c, v in enumerate(pixels) if v > 0},
+        "images": int(metrics["seg.images"]),
+        "logit_columns": ds.k,
+    }
     report = replace(
         base,
+        samples=None,
         metrics=all_metrics,
         reasons=all_reasons,
         sampled={**{k: v for k, v in base.sampled.items() if k not in metrics}, **sampled},

@@ -346,3 +346,22 @@ def test_calibration_geometry_and_columns_come_from_every_pixel():
     # what needs per-pixel values is the sample's, and says so
     assert r.sampled["margin_mean"]["how"] == "class-stratified pixel sample"
     assert r.sampled["margin_mean"]["population"] == float(keep.sum())
+
+
+def test_comparisons_use_pixel_counts_not_the_pixel_sample():
+    from embscope.diagnostics import compare
+
+    x, y, z = dense(b=6, seed=11)
+    a = diagnose(x, y, z, **OPTIONS)
+    b = diagnose(x, y, z + 0.5 * torch.randn_like(z), **OPTIONS)
+    assert a.samples is None  # the two pixel samples hold different pixels: never paired
+    keep = y != 255
+    assert a.meta["data"]["n"] == int(keep.sum())
+    counts = torch.bincount(y[keep], minlength=4)
+    assert a.meta["data"]["class_counts"] == {str(c): int(v) for c, v in enumerate(counts)}
+    assert "miou" in compare(a, b).to_markdown()
+    y2 = y.clone()
+    y2[tuple(keep.nonzero()[0])] = 255  # one labelled pixel fewer
+    other = diagnose(x, y2, z, **OPTIONS)
+    with pytest.raises(ValueError, match="different data|samples"):
+        compare(a, other)
