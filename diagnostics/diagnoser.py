@@ -299,6 +299,11 @@ class Diagnoser:
         With logits or a head, labels are class indices (logit columns, head weight rows) and
         must lie in [0, C). The whole batch is validated before anything is added: a batch
         that raises leaves the state as it was.
+
+        Dense batches (segmentation): labels are masks [B, H, W] (any [B, ...]) of class indices
+        or ``ignore_index``, logits [B, C, H, W], embeddings a feature map [B, D, H, W] or None
+        (the logits stand in); see ``segmentation.py``. A Diagnoser takes dense batches or row
+        batches, not both.
         """
         if self.synced:
             raise RuntimeError(
