@@ -46,6 +46,7 @@ from .pairs import PairSample, pair_similarities
 from .ranking import Ranking, compare_many
 from .report import Recommendation, Report, direction
 from .retrieval import RetrievalResult, knn_retrieval
+from .segmentation_model import diagnose_segmentation_model
 from .verification import VerificationResult, verification_metrics
 from .views import ViewsDiagnoser, diagnose_views
 
@@ -76,6 +77,7 @@ __all__ = [
     "compare_many",
     "diagnose",
     "diagnose_model",
+    "diagnose_segmentation_model",
     "diagnose_views",
     "direction",
     "embed",
