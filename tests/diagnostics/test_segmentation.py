@@ -365,3 +365,35 @@ def test_comparisons_use_pixel_counts_not_the_pixel_sample():
     other = diagnose(x, y2, z, **OPTIONS)
     with pytest.raises(ValueError, match="different data|samples"):
         compare(a, other)
+
+
+def test_segmentation_model_runner_finds_the_pixel_features_and_resizes():
+    from torch import nn
+
+    from embscope.diagnostics import diagnose_segmentation_model
+    from embscope.segdemo import TinyFCN
+
+    torch.manual_seed(0)
+    model = TinyFCN(classes=4, width=8)
+    images = torch.rand(5, 1, 9, 7)
+    _, masks, _ = dense(b=5, seed=12)
+    r = diagnose_segmentation_model(model, [(images, masks)], **OPTIONS)
+    assert r.meta["source"]["embedding"] == "the input of 'classifier' (the per-pixel classifier)"
+    with torch.no_grad():
+        pred = model(images).argmax(1)
+    t, p = masks[masks != 255].numpy(), pred[masks != 255].numpy()
+    assert per_class(r, "iou", 4) == pytest.approx(jaccard(t, p, list(range(4))), nan_ok=True)
+
+    class Coarse(nn.Module):  # logits at about half the mask size (5 x 4), with its features
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Conv2d(1, 6, 3, padding=1, stride=2)
+            self.head = nn.Conv2d(6, 4, 1)
+
+        def forward(self, x):
+            f = self.body(x)
+            return f, self.head(f)
+
+    r = diagnose_segmentation_model(Coarse(), [(torch.rand(5, 1, 9, 7), masks)], **OPTIONS)
+    assert r.meta["source"]["embedding"] == "the model's embedding output"
+    assert r.metrics["n"] == int((masks != 255).sum())
