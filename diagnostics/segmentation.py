@@ -20,9 +20,16 @@ class-stratified sample of pixels: one content-hashed reservoir per class (``res
 so small classes are represented and the sample does not depend on batching or order. The
 worst images (lowest mean IoU) keep small thumbnails of their true and predicted masks.
 
+A twin :class:`~embscope.diagnostics.Diagnoser` (same options, no reservoir) is fed every
+labelled pixel as a row and its per-sample lists emptied after each batch, so its fixed-shape
+state (class sums, confusion, logit column statistics, one-vs-rest histograms, calibration
+bins) stays exact and bounded; the report computes those metrics from it. Images are taken a
+few at a time (``CHUNK`` logit values), so a batch of large images holds no float64 copy of
+all its logits.
+
 The fixed-shape fields are declared in ``FIELDS`` with their reductions (``state.py``'s
 mechanism): reset, merge and sync are derived from the table. The reservoirs and the worst
-images have their own rules (smallest keys; lowest scores).
+images have their own rules (smallest keys; lowest scores), the twin its Diagnoser's.
 """
 
 from __future__ import annotations
