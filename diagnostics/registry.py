@@ -8,7 +8,7 @@ meaning, and the independent reference the tests check it against. ``direction()
 summary, ``compare``, the gate and the renderers read this table; a test checks the README's
 metric table against it.
 
-The file is long because it is the table: one record per metric, kept in one place on purpose
+Over 400 lines because it is the table: one record per metric, kept in one place on purpose
 (splitting it by topic would bring back the scattered lists it replaced).
 """
 
