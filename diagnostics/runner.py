@@ -102,6 +102,7 @@ class ModelRunner:
         self.head = head if head is not None or self.frozen else find_margin_head(self.model)
         self.embedding_source: str | None = None  # how the embedding is obtained, once known
         self._hooked: str | None = None  # the module whose tensor is the embedding
+        self._hook_output = False  # whether that tensor is the module's output (else its input)
         self._recorder = _Recorder()
 
     def _place(self, device: str | torch.device | None) -> torch.device:
@@ -122,17 +123,31 @@ class ModelRunner:
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:
-        """Eval mode for the duration; every module's training flag restored afterwards."""
+        """Eval mode for the duration; every module's training flag restored afterwards. The
+        embedding hook lives only inside: it is removed on the way out (so the model's own
+        forwards, e.g. training between two diagnoses, record nothing) and put back on the
+        way in."""
         if self.frozen:
             yield
             return
         modes = {m: m.training for m in self.model.modules()}
         self.model.eval()
+        self._rehook()
         try:
             yield
         finally:
+            self._recorder.remove()
             for module, mode in modes.items():
                 module.training = mode
+
+    def _rehook(self) -> None:
+        if self._hooked is None or self._recorder.handles:
+            return
+        module = self.modules[self._hooked]
+        if self._hook_output:
+            self._recorder.watch_output(self._hooked, module)
+        else:
+            self._recorder.watch_input(self._hooked, module)
 
     def probe(self, inputs: torch.Tensor, labels: torch.Tensor) -> bool | None:
         """Does the eval-mode output change when labels are passed? None when forward takes
@@ -256,6 +271,7 @@ class ModelRunner:
             name = self.embedding_layer
             self.embedding_source = f"the output of {name!r} (the embedding layer named)"
             self._recorder.watch_output(name, self.modules[name])
+            self._hook_output = True
         elif embedding is not None:
             self.embedding_source = "the model's embedding output"
             return

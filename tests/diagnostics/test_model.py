@@ -239,6 +239,25 @@ def test_embedding_layer_names_the_submodule_whose_output_is_the_embedding(
     assert report.meta["dim"] == 4 * 6 * 6
 
 
+def _hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("layer", [None, "body.features"])
+def test_no_hook_is_left_on_the_model(models: dict[str, nn.Module], data, layer) -> None:
+    """The embedding hook lives only while embscope runs the model: a model diagnosed every
+    epoch must not record its training forwards (a leak) nor gather one hook per call."""
+    x, y = data
+    model = models["linear"]
+    before = _hooks(model)
+    first = torch.cat([e for e, _, _ in embed(model, (x, y), embedding_layer=layer)])
+    assert _hooks(model) == before
+    diagnose_model(model, (x, y), embedding_layer=layer, reservoir_size=0)
+    assert _hooks(model) == before
+    second = torch.cat([e for e, _, _ in embed(model, (x, y), embedding_layer=layer)])
+    assert _hooks(model) == before and torch.equal(first, second)
+
+
 # --------------------------------------------------------------------------- the leak probe
 
 
