@@ -469,8 +469,8 @@ def _oscillation_rule(task: str, s: dict, o: dict) -> Trend:
             "steady_task_metric",
             "broken",
             f"{task} swings up and down by {_fmt(amplitude)} or more over {span} "
-            f"({sure_reversals} reversals beyond noise): lower the learning rate (or the focal "
-            "gamma)",
+            f"({sure_reversals} reversals beyond noise); the usual remedy, a lower learning "
+            "rate (or focal gamma), has no measured track record here",
             float(sure_reversals),
             evidence,
         )
