@@ -41,6 +41,7 @@ gap:1em;margin:.8em 0;align-items:start}
 figure.plot{margin:0;background:#fff;border:1px solid #d8dde3;border-radius:4px;padding:.5em;
 min-width:0}
 figure.plot img{display:block;max-width:100%;height:auto;margin:0 auto}
+.plots>figure{margin:0;min-width:0}main img{max-width:100%;height:auto}
 figcaption{font-size:13px;color:#3d4754;margin-top:.4em}
 .scroll{max-width:100%;overflow-x:auto;margin:.4em 0}
 table{border-collapse:collapse;font-size:13px;background:#fff}

@@ -71,8 +71,9 @@ GUIDES = {
     "confident errors.",
     "class_margins": "One row per class: dot = median margin, thick bar = middle half, thin "
     "line = 5th to 95th percentile. Rows whose bars cross the red 0 line hold the errors.",
-    "class_margins_ranked": "Classes ranked by median margin; bands = middle half and 5th-95th "
-    "percentile. The left end holds the classes that need attention (table below).",
+    "class_margins_ranked": "Each curve ranks the classes by one statistic of their margins. "
+    "Left of where a curve crosses the red 0 line are the classes with more than 5% (5th "
+    "percentile) or half (median) of their samples misclassified; the classes table lists them.",
     "logit_columns": "Mean logit of each column for the samples of each true class. A healthy "
     "head stands highest (reddest) in the true class's own column on every row.",
     "reliability": "Points on the diagonal: calibrated. Below it: overconfident (divide the "
