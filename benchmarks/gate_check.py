@@ -178,8 +178,8 @@ def main() -> None:
         "oversized s": {"s": 64.0},
         "margin at evaluation": {"leak": True},
     }
-    rows_fa, rows_det, agree = [], [], [0, 0, 0]
-    details: list[str] = []  # per-model task metrics of the several-baseline recipes  # agree: pairs, new agreeing, old agreeing
+    rows_fa, rows_det, agree = [], [], [0, 0, 0]  # agree: pairs, new agreeing, old agreeing
+    details: list[str] = []  # per-model task metrics of the several-baseline recipes
     behind: dict[str, int] = {}  # the metrics behind the new rule's false alarms
 
     def check(baselines: list[Report], report: Report) -> tuple[bool, bool, bool, bool]:
