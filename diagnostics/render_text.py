@@ -317,7 +317,7 @@ def provenance(report, created: str | None = None) -> list[tuple[str, str]]:
         )
     if outputs:
         rows.append(("outputs", "; ".join(outputs)))
-    written = created or meta.get("created") or now_text()
+    written = created or meta.get("created") or _first_rendered(report)
     version = meta.get("embscope_version")
     rows.append(("written", written + (f" by embscope {version}" if version else "")))
     return rows
@@ -325,3 +325,16 @@ def provenance(report, created: str | None = None) -> list[tuple[str, str]]:
 
 def now_text() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _first_rendered(report) -> str:
+    """When this report object was first rendered: every page and summary of one report says
+    the same time, whichever minute it is rendered again in."""
+    stamp = getattr(report, "_rendered_at", None)
+    if stamp is None:
+        stamp = now_text()
+        try:
+            object.__setattr__(report, "_rendered_at", stamp)
+        except (AttributeError, TypeError):  # an object without a __dict__: no cache
+            pass
+    return stamp
