@@ -299,11 +299,14 @@ def head_health(
     head.centroid_alignment: mean over classes of cos(w_c - mean w, mu_c - mean mu), unit
         weights and class means each centred on their own average over the classes present
         (the softmax ignores a shift shared by all weights, so only the centred parts train);
-        near 0 (within 3 / sqrt(D), the spread of random directions) the weights ignore the
-        data, near 1 they point at it.
+        near 0 the weights ignore the data, near 1 they point at it. For random weights it has
+        mean 0 and standard deviation sigma = 1 / sqrt(D (P - 1)) over P >= 2 classes present
+        (1 / sqrt(D) for one).
     head.dead_class_count: classes present in the labels that are never the argmax.
-    head.looks_untrained: 1 when the alignment is under min(3 / sqrt(D), 0.5) or the weights
-        were missing.
+    head.looks_untrained: 1 when the alignment is under min(3 sigma, 0.5), or the weights were
+        missing. No claim (0, with the reason) when 3 sigma >= 1: with so few dimensions and
+        classes present even a perfectly aligned head is within random weights' spread, so a
+        low alignment there says nothing about training.
     """
     w = params.weight.detach().double().cpu()
     norms = w.norm(dim=1)
@@ -330,15 +333,24 @@ def head_health(
         alignment = NAN
         reasons["head.centroid_alignment"] = "no class of the head occurs in the labels"
     out["head.centroid_alignment"] = alignment
-    chance = min(3.0 / math.sqrt(w.shape[1]), 0.5)
-    untrained = missing or (not math.isnan(alignment) and alignment < chance)
+    n_present = int(use.sum())
+    spread = 3.0 / math.sqrt(w.shape[1] * max(n_present - 1, 1))  # 3 sigma of random weights
+    chance = min(spread, 0.5)
+    powerless = spread >= 1.0
+    untrained = missing or (not math.isnan(alignment) and not powerless and alignment < chance)
     out["head.looks_untrained"] = 1.0 if untrained else 0.0
     if missing:
         reasons["head.looks_untrained"] = "the head's weights were missing from the checkpoint"
     elif untrained:
         reasons["head.looks_untrained"] = (
             f"class weights align with their class means no better than chance "
-            f"(mean cos {alignment:.3f} < min(3/sqrt(D), 0.5) = {chance:.3f})"
+            f"(mean cos {alignment:.3f} < min(3 sigma, 0.5) = {chance:.3f}, sigma = "
+            f"1/sqrt(D (P - 1)) for D = {w.shape[1]} and P = {n_present} classes present)"
+        )
+    elif powerless and not math.isnan(alignment):
+        reasons["head.looks_untrained"] = (
+            f"not judged: with D = {w.shape[1]} and {n_present} classes present, random "
+            f"weights' alignment spreads as widely as a trained head's (3 sigma = {spread:.2f})"
         )
     if predicted_counts is not None:
         pc = predicted_counts[:k]

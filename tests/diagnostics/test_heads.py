@@ -96,3 +96,63 @@ def test_bad_head_info_is_refused_naming_the_entry(info: dict, message: str) -> 
     with pytest.raises(ValueError, match="head_info"):
         x, y, z, _ = cosine_logits(s=20.0)
         diagnose(x, y, z, head_info=info)
+
+
+# --------------------------------------------------------------------------- looks_untrained
+
+
+@pytest.mark.parametrize(("dim", "present"), [(3, 2), (16, 2), (16, 10), (64, 5)])
+def test_the_untrained_threshold_is_random_weights_spread(dim: int, present: int) -> None:
+    """sigma = 1 / sqrt(D (P - 1)) is the standard deviation of the centred alignment of random
+    unit weights against fixed class means, by simulation."""
+    from embscope.diagnostics.heads import HeadParams, head_health
+
+    g = torch.Generator().manual_seed(dim * 100 + present)
+    means = torch.randn(present, dim, generator=g, dtype=torch.float64)
+    values = []
+    for _ in range(1500):
+        weight = torch.randn(present, dim, generator=g)
+        out, _ = head_health(
+            HeadParams(0.3, 10.0, weight, "angular"),
+            means,
+            torch.ones(present, dtype=torch.bool),
+            None,
+        )
+        values.append(out["head.centroid_alignment"])
+    sd = float(torch.tensor(values).std())
+    assert sd == pytest.approx(1 / math.sqrt(dim * (present - 1)), rel=0.08)
+
+
+def test_a_head_is_not_called_untrained_where_random_weights_spread_as_widely() -> None:
+    """D = 3 with two classes present: 3 sigma = 1.7, so even a perfect alignment is within
+    random weights' spread; a weakly aligned trained head gets no claim, with the reason."""
+    from embscope.diagnostics.heads import HeadParams, head_health
+
+    means = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    weight = torch.tensor([[1.0, 0.2, 0.5], [0.3, 1.0, -0.4]])  # alignment about 0.5
+    out, reasons = head_health(
+        HeadParams(0.3, 10.0, weight, "angular"), means, torch.ones(2, dtype=torch.bool), None
+    )
+    assert out["head.looks_untrained"] == 0.0
+    assert "not judged" in reasons["head.looks_untrained"]
+    # the same alignment in D = 512 (3 sigma = 0.13) is judged: aligned, trained
+    big = torch.zeros(2, 512, dtype=torch.float64)
+    big[:, :3] = means
+    w_big = torch.zeros(2, 512)
+    w_big[:, :3] = weight
+    out, reasons = head_health(
+        HeadParams(0.3, 10.0, w_big, "angular"), big, torch.ones(2, dtype=torch.bool), None
+    )
+    assert out["head.looks_untrained"] == 0.0 and "head.looks_untrained" not in reasons
+    # and random weights in D = 512 are called untrained
+    rnd = torch.randn(2, 512, generator=torch.Generator().manual_seed(0))
+    big[:, 3:] = torch.randn(
+        2, 509, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
+    out, reasons = head_health(
+        HeadParams(0.3, 10.0, rnd, "angular"), big, torch.ones(2, dtype=torch.bool), None
+    )
+    assert (
+        out["head.looks_untrained"] == 1.0
+        and "no better than chance" in reasons["head.looks_untrained"]
+    )

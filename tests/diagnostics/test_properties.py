@@ -209,10 +209,13 @@ def test_dropping_classes_changes_only_what_involves_them(seed, n, d, k, drop, w
     )  # float32 angles: see ANGLE_KEYS
     expected = brute_alignment(head.weight, x[keep], y[keep])
     assert part["head.centroid_alignment"] == pytest.approx(expected, rel=1e-5, abs=1e-9)
-    # over few remaining classes in small D a trained head aligns less than perfectly (two
-    # classes in D = 3: 0.85 seen), but far above the untrained threshold of 0.5
-    assert part["head.centroid_alignment"] > 0.6
-    assert part["head.looks_untrained"] == 0.0
+    # whether a low alignment means untrained depends on D and the classes present (see
+    # test_heads: in D <= 8 with two classes left no claim is made); a trained head never
+    # gets the check_head error from the kept classes when the full data did not give it
+    if full["head.looks_untrained"] == 0.0:
+        present = len(np.unique(y[keep]))
+        if d * (present - 1) <= 9:
+            assert part["head.looks_untrained"] == 0.0
 
 
 # ------------------------------------------------------------------------------------------------
