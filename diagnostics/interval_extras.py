@@ -32,6 +32,13 @@ import torch
 import torch.nn.functional as F
 
 from .calibration import T_MAX, T_MIN
+from .interval_core import (
+    _boot,
+    _sd,
+    _stratified_se,
+    _weights,
+    calibration_replicates,
+)
 
 NAN = float("nan")
 EXACT_DATA = ("n", "num_classes", "nonfinite_count", "zero_norm_count")
@@ -97,7 +104,6 @@ def temperature_se(u: float, margins=None, logits=None, labels=None) -> float:
 def temperature(d, out, pool_fn) -> None:
     """fitted_temperature, fitted_scale, and the ECE and NLL at T (``pool_fn(labels, columns)``
     gives (pool indices, bootstrap weights) as the per-sample bootstraps draw them)."""
-    from .intervals import _boot, _sd, _stratified_se, calibration_replicates
 
     t = out.metrics.get("fitted_temperature")
     if not out.has("fitted_temperature"):
@@ -175,7 +181,6 @@ def temperature(d, out, pool_fn) -> None:
 def angle_quantile(out, t: np.ndarray, labels: np.ndarray, pool_fn) -> None:
     """angle_true_p99: the weighted 99th percentile ("linear", as numpy's default) of each
     replicate of the stratified bootstrap."""
-    from .intervals import _boot, _sd
 
     if not out.has("angle_true_p99") or len(t) < 2:
         return
@@ -191,7 +196,6 @@ def angle_quantile(out, t: np.ndarray, labels: np.ndarray, pool_fn) -> None:
 def centroid_alignment(d, out, reps: int, max_rows: int, rng) -> None:
     """head.centroid_alignment over replicates of the class means: each mean moved by its
     bootstrap deviation on the reservoir's rows, scaled by sqrt(m_c / N_c) to the class's N."""
-    from .intervals import _sd, _weights
 
     name = "head.centroid_alignment"
     if not out.has(name):
@@ -293,37 +297,3 @@ def column_stats(d, out) -> None:
 # ----------------------------------------------------------------------------------------------
 # The margin-leak scores (added after the report by diagnose_model).
 # ----------------------------------------------------------------------------------------------
-
-
-def leak_intervals(report, state: torch.Tensor, level: float | None = None):
-    """``report`` with intervals of its ``head.leak_*`` scores from the leak state [2, 3, C]
-    (per way: true positives, predictions, labels per class)."""
-    from dataclasses import replace
-
-    from .intervals import LEVEL, _Intervals
-    from .leak import WAYS, leak_key
-
-    out = _Intervals(report.metrics, LEVEL if level is None else level)
-    st = state.double().numpy()
-    for w, way in enumerate(WAYS):
-        tp, pred, lab = st[w]
-        n = lab.sum()
-        out.wilson(
-            leak_key("accuracy", way), tp.sum(), n, "Wilson (correct predictions over samples)"
-        )
-        fp, fn = pred - tp, lab - tp
-        denom = 2 * tp + fp + fn
-        with np.errstate(invalid="ignore", divide="ignore"):
-            f1 = np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), np.nan)
-            var = tp * (2 - 2 * f1) ** 2 + (fp + fn) * f1**2
-            se = np.sqrt(var) / denom
-        how = "normal (delta method of 2 TP / (2 TP + FP + FN) over the samples)"
-        if len(tp) == 2 and np.isfinite(se[1]):
-            out.normal(leak_key("f1", way), float(se[1]), how)
-        live = np.isfinite(se)
-        if live.any():
-            macro_se = float(np.sqrt(np.sum(se[live] ** 2)) / live.sum())
-            out.normal(leak_key("macro_f1", way), macro_se, how + ", classes as independent")
-    intervals = {**(report.intervals or {}), **out.intervals}
-    methods = {**(report.interval_methods or {}), **out.methods}
-    return replace(report, intervals=intervals, interval_methods=methods)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from .interval_core import LEVEL, _Intervals
 from .report import Report
 
 NAN = float("nan")
@@ -99,7 +100,6 @@ def with_leak_scores(report: Report, state: torch.Tensor, thresholds: dict | Non
     """``report`` with the scores of both ways (`_leak_compute` of ``state``) and its
     recommendations made again, so that the margin-leak advice shows them."""
     from .advice import recommend
-    from .interval_extras import leak_intervals
 
     if not float(state[0, 2].sum()):
         return report
@@ -185,3 +185,34 @@ def distributed_group(options: dict):
     if not (dist.is_available() and dist.is_initialized()):
         return False, None
     return True, options.get("process_group")
+
+
+def leak_intervals(report, state: torch.Tensor, level: float | None = None):
+    """``report`` with intervals of its ``head.leak_*`` scores from the leak state [2, 3, C]
+    (per way: true positives, predictions, labels per class)."""
+    from .leak import WAYS, leak_key
+
+    out = _Intervals(report.metrics, LEVEL if level is None else level)
+    st = state.double().numpy()
+    for w, way in enumerate(WAYS):
+        tp, pred, lab = st[w]
+        n = lab.sum()
+        out.wilson(
+            leak_key("accuracy", way), tp.sum(), n, "Wilson (correct predictions over samples)"
+        )
+        fp, fn = pred - tp, lab - tp
+        denom = 2 * tp + fp + fn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1 = np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), np.nan)
+            var = tp * (2 - 2 * f1) ** 2 + (fp + fn) * f1**2
+            se = np.sqrt(var) / denom
+        how = "normal (delta method of 2 TP / (2 TP + FP + FN) over the samples)"
+        if len(tp) == 2 and np.isfinite(se[1]):
+            out.normal(leak_key("f1", way), float(se[1]), how)
+        live = np.isfinite(se)
+        if live.any():
+            macro_se = float(np.sqrt(np.sum(se[live] ** 2)) / live.sum())
+            out.normal(leak_key("macro_f1", way), macro_se, how + ", classes as independent")
+    intervals = {**(report.intervals or {}), **out.intervals}
+    methods = {**(report.interval_methods or {}), **out.methods}
+    return replace(report, intervals=intervals, interval_methods=methods)

@@ -14,9 +14,9 @@ from scipy import stats
 
 from embscope.diagnostics import diagnose, diagnose_model, knn_retrieval
 from embscope.diagnostics.calibration import _fit_temperature
-from embscope.diagnostics.interval_extras import leak_intervals, temperature_se
+from embscope.diagnostics.interval_extras import temperature_se
 from embscope.diagnostics.intervals import z_value
-from embscope.diagnostics.leak import _leak_compute, _leak_update, leak_key
+from embscope.diagnostics.leak import _leak_compute, _leak_update, leak_intervals, leak_key
 from embscope.diagnostics.report import Report
 from embscope.losses import ArcFaceHead
 
