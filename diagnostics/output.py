@@ -6,7 +6,7 @@ report (``force=True``) is renamed aside, the new folder renamed in, and the old
 The user's own files in the old folder (anything but report.json, report.md, report.html and
 plots/*.png) are moved into the new one first. A failure at any point leaves the target as it
 was. Folders get the user's umask (an earlier folder keeps its own permissions). A target that
-already holds a report.json is refused unless ``force``. :func:`load_report`
+already holds a report.json is refused unless ``force``. :func:`read_report`
 (``Report.load``) reads a report.json, or the one in a folder.
 """
 
@@ -18,6 +18,7 @@ import os
 import secrets
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,7 +127,7 @@ def save_report(
 ) -> list[Path]:
     """Write report.json, report.md, report.html and plots/*.png into ``folder`` atomically;
     return the paths (the three files, then the plots). A report that keeps per-sample values
-    (``report.samples``) also writes them to samples.npz, which `load_report` reads back.
+    (``report.samples``) also writes them to samples.npz, which `read_report` reads back.
 
     Raises `InputError` for a folder that cannot take the report (see `check_report_folder`),
     the `OSError` of a failed write (``folder`` is then as it was), and `ReplaceError` when
@@ -256,14 +257,14 @@ def _safe_name(name: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def load_report(source: str | os.PathLike[str]) -> Report:
-    """The `Report` in a report.json file, or in the report.json of a report folder.
+def read_report(source: str | os.PathLike[str], build: Callable[[dict], Report]) -> Report:
+    """The report in a report.json file, or in the report.json of a report folder, built from
+    its JSON by ``build`` (`Report.from_dict`; passed in so that this module needs no import
+    of report.py, which imports it), with its samples.npz when there is one.
 
     Raises `InputError` (subject: the path) naming what is wrong: missing, unreadable, not
     JSON, or not a report.
     """
-    from .report import Report
-
     path = Path(source)
     if path.is_dir() and (path / "report.json").is_file():
         path = path / "report.json"
@@ -300,7 +301,7 @@ def load_report(source: str | os.PathLike[str]) -> Report:
     if problem is not None:
         raise InputError(path, f"is not an embscope report ({problem})", fix, argument="path")
     try:
-        report = Report.from_dict(data)
+        report = build(data)
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         detail = " ".join(str(error).split())[:200]
         raise InputError(

@@ -227,9 +227,9 @@ class Report:
 
         Raises `InputError` (a ValueError) naming the path and what is wrong with it.
         """
-        from .output import load_report
+        from .output import read_report
 
-        return load_report(source)
+        return read_report(source, cls.from_dict)
 
 
 SUMMARY_REASON_CHARS = 100  # a recommendation's reason in the summary is cut to this length
