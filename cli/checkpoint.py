@@ -9,20 +9,18 @@ Supported, in the order they are tried:
   ``hyper_parameters`` dict stored next to the weights;
 - a pickled whole module (``torch.save(model)``), only when the user passes
   ``--trust-checkpoint``: unpickling runs whatever code the file names.
+
+Building the model from ``--model`` is in model_factory.py; the head's stated settings and
+their provenance in head_settings.py.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import inspect
-import json
 import os
 import pickle
 import re
-import sys
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,14 @@ import torch
 from torch import nn
 
 from embscope.cli.errors import UsageError, one_line
+from embscope.cli.model_factory import (
+    _accepted_kwargs,
+    _first,
+    build_model,
+    load_factory,
+    make_cwd_importable,
+    parse_model_kwargs,
+)
 from embscope.diagnostics.output import path_problem
 
 STATE_KEYS = ("state_dict", "model_state_dict", "model")
@@ -85,13 +91,6 @@ class LoadedModel:
     @property
     def exported(self) -> bool:
         return self.kind == "exported"
-
-
-def make_cwd_importable() -> None:
-    """Put the current directory first on ``sys.path``, as ``python -m`` does."""
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
 
 
 def check_readable_file(path: Path, role: str) -> None:
@@ -324,147 +323,6 @@ def load_exported(path: Path) -> LoadedModel:
     )
 
 
-def parse_model_kwargs(text: str) -> dict[str, Any]:
-    """Parse ``--model-kwargs``: a JSON object."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UsageError(
-            "--model-kwargs",
-            f"is not valid JSON ({error.msg} at character {error.pos})",
-            "give a JSON object, e.g. --model-kwargs '{\"num_classes\": 10}'",
-        ) from error
-    if not isinstance(value, dict):
-        raise UsageError(
-            "--model-kwargs",
-            f"is a JSON {type(value).__name__}, expected an object",
-            "give a JSON object, e.g. --model-kwargs '{\"num_classes\": 10}'",
-        )
-    return value
-
-
-def load_factory(spec: str) -> Callable[..., Any]:
-    """Import ``FILE.py:NAME`` or ``package.module:NAME`` (NAME may be dotted)."""
-    target, sep, name = spec.rpartition(":")
-    if not sep or not target or not name:
-        raise UsageError(
-            "--model",
-            f"{spec!r} is not FILE.py:FACTORY or package.module:FACTORY",
-            "e.g. --model models/net.py:build_model or --model mypkg.models:Net",
-        )
-    make_cwd_importable()
-    if target.endswith(".py") or "/" in target or os.sep in target:
-        module = _import_file(Path(target))
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as error:
-            raise UsageError(
-                "--model",
-                f"cannot import {target!r} ({one_line(str(error), 160)})",
-                "run diagnose from your repository root, or give a file: --model path/to/file.py:FACTORY",
-            ) from error
-        except Exception as error:
-            raise _import_failed(target, error) from error
-    obj: Any = module
-    for part in name.split("."):
-        if not hasattr(obj, part):
-            public = [
-                n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))
-            ]
-            raise UsageError(
-                "--model", f"{target} has no {name!r}", f"callables there: {_first(public, 8)}"
-            )
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise UsageError(
-            "--model", f"{spec} is a {type(obj).__name__}, not callable", "name a function or class"
-        )
-    return obj
-
-
-def _import_file(file: Path) -> Any:
-    if not file.is_file():
-        raise UsageError("--model", f"{file} does not exist", "check the path before the ':'")
-    file = file.resolve()
-    folder = str(file.parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)  # so that the file can import its siblings
-    name = file.stem
-    existing = sys.modules.get(name)
-    if existing is not None:
-        if Path(getattr(existing, "__file__", "") or "").resolve() == file:
-            return existing
-        name = f"_embscope_model_{abs(hash(str(file))):x}"
-    spec = importlib.util.spec_from_file_location(name, file)
-    if spec is None or spec.loader is None:
-        raise UsageError(
-            "--model", f"{file} cannot be imported as a Python module", "give a .py file"
-        )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # pickles and dataclasses look their module up here
-    try:
-        spec.loader.exec_module(module)
-    except Exception as error:
-        del sys.modules[name]
-        raise _import_failed(str(file), error) from error
-    return module
-
-
-def _import_failed(target: str, error: BaseException) -> UsageError:
-    return UsageError(
-        "--model",
-        f"importing {target} failed ({one_line(f'{type(error).__name__}: {error}', 200)})",
-        "fix that error, or run diagnose from the directory your training code runs from",
-    )
-
-
-def _accepted_kwargs(factory: Callable[..., Any], config: dict[str, Any]) -> dict[str, Any]:
-    """Keep the config entries the factory accepts (configs also hold lr, epochs...)."""
-    try:
-        parameters = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return config
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return config
-    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return {k: v for k, v in config.items() if k in names}
-
-
-def build_model(
-    factory: Callable[..., Any], spec: str, kwargs: dict[str, Any], *, source: str
-) -> nn.Module:
-    """Call ``factory(**kwargs)`` and check that it returns an ``nn.Module``."""
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):
-        signature = None
-    if signature is not None:
-        try:
-            signature.bind(**kwargs)
-        except TypeError as error:
-            raise UsageError(
-                "--model",
-                f"{spec}{signature} cannot be called with {source} {kwargs} ({error})",
-                "pass its arguments as --model-kwargs '{\"name\": value}'",
-            ) from error
-    try:
-        model = factory(**kwargs)
-    except Exception as error:
-        raise UsageError(
-            "--model",
-            f"{spec}(**{kwargs}) raised {type(error).__name__}: {error}",
-            "check the factory and its arguments (--model-kwargs)",
-        ) from error
-    if not isinstance(model, nn.Module):
-        raise UsageError(
-            "--model",
-            f"{spec} returned a {type(model).__name__}, not a torch.nn.Module",
-            "return the model",
-        )
-    return model
-
-
 def load_state_dict_strict(
     model: nn.Module, state: Mapping[str, Any], *, path: Path, model_spec: str
 ) -> None:
@@ -526,96 +384,3 @@ def _describe(obj: Any) -> str:
     if isinstance(obj, torch.Tensor):
         return f"a single tensor of shape {list(obj.shape)}"
     return f"a {type(obj).__name__}"
-
-
-def _first(items: list[Any], count: int = 3) -> str:
-    shown = ", ".join(str(i) for i in items[:count])
-    return f"[{shown}{', ...' if len(items) > count else ''}]"
-
-
-# ----------------------------------------------------------------------------------------------
-# the margin head's settings: stated by the user, and where the others came from
-# ----------------------------------------------------------------------------------------------
-
-HEAD_NAMES = {"s": ("s", "scale"), "m": ("m", "margin")}  # as diagnostics.heads reads them
-
-
-def set_head_values(head: nn.Module, values: Mapping[str, float]) -> None:
-    """Give ``head`` the stated ``values`` (``{"s": 64.0, "m": 0.5}``) before the model runs,
-    so that its logits are those of the settings it was trained with: a tensor attribute is
-    filled, a number (or property) replaced. An attribute it lacks is left to the report's
-    stated facts."""
-    for key, value in values.items():
-        name = _head_attribute(head, key)
-        if name is None:
-            continue
-        current = getattr(head, name)
-        try:
-            if isinstance(current, torch.Tensor):
-                with torch.no_grad():
-                    current.fill_(value)
-            else:
-                setattr(head, name, float(value))
-        except Exception as error:
-            raise UsageError(
-                f"--head-{key}",
-                f"cannot be set on the model's head {type(head).__name__}.{name} "
-                f"({one_line(f'{type(error).__name__}: {error}', 120)})",
-                f"pass the value to the factory instead (--model-kwargs), or drop --head-{key}",
-            ) from error
-
-
-def head_provenance(loaded: LoadedModel, head: nn.Module | None) -> dict[str, str]:
-    """Where the s and m of ``loaded``'s margin head came from (see
-    `embscope.diagnostics.heads.PROVENANCES`): ``"pickled module"`` for a pickled model,
-    ``"checkpoint state"`` for a tensor of the head in the state dict, the config's source
-    (``"checkpoint config"`` or ``"user"``) when a factory argument named like it (``s``,
-    ``scale``, ``head_s``, ``margin``...) holds its value, else ``"factory default"``. Empty
-    without a head (an exported program has none)."""
-    if head is None or loaded.exported:
-        return {}
-    prefix = next((f"{n}." if n else "" for n, m in loaded.module.named_modules() if m is head), "")
-    out = {}
-    for key in ("s", "m"):
-        name = _head_attribute(head, key)
-        if name is None:
-            continue
-        value = getattr(head, name)
-        if loaded.kind == "pickled":
-            out[key] = "pickled module"
-        elif isinstance(value, torch.Tensor) and prefix + name in loaded.state_keys:
-            out[key] = "checkpoint state"
-        elif _config_holds(loaded.config, HEAD_NAMES[key], _float(value)):
-            out[key] = loaded.config_source or "checkpoint config"
-        else:
-            out[key] = "factory default"
-    return out
-
-
-def _head_attribute(head: nn.Module, key: str) -> str | None:
-    for name in HEAD_NAMES[key]:
-        value = getattr(head, name, None)
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            return name
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return name
-    return None
-
-
-def _float(value: Any) -> float:
-    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
-
-
-def _config_holds(config: Mapping[str, Any], names: tuple[str, ...], value: float) -> bool:
-    """Whether a config entry whose name has one of ``names`` as a word (``s``, ``head_s``,
-    ``arcface.scale``) holds ``value``."""
-    for key, entry in config.items():
-        words = set(re.split(r"[^a-z0-9]+", str(key).lower()))
-        number = isinstance(entry, (int, float)) and not isinstance(entry, bool)
-        if (
-            words & set(names)
-            and number
-            and abs(float(entry) - value) <= 1e-6 * max(1.0, abs(value))
-        ):
-            return True
-    return False

@@ -38,10 +38,10 @@ def _diagnoser_options(args: argparse.Namespace) -> dict[str, Any]:
 def _head_options(args: argparse.Namespace, loaded: Any = None) -> dict[str, Any]:
     """``{"head_info": ...}`` for the Diagnoser: the head's s, m and kind stated by
     ``--head-s``/``--head-m``/``--head-kind`` and, for a checkpoint's margin head, where its
-    other settings came from (`embscope.cli.checkpoint.head_provenance`); the stated s and m
+    other settings came from (`embscope.cli.head_settings.head_provenance`); the stated s and m
     are set on that head first, so that the model runs with them. Empty when there is
     nothing to say."""
-    from embscope.cli.checkpoint import head_provenance, set_head_values
+    from embscope.cli.head_settings import head_provenance, set_head_values
     from embscope.diagnostics.heads import KIND_NAMES, find_margin_head
 
     given = (("s", args.head_s), ("m", args.head_m))
