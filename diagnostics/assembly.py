@@ -2,6 +2,9 @@
 
 The Diagnoser (diagnoser.py) accumulates; this module reads its declared state (state.py) and
 its options, and never changes them, so ``compute()`` can be called any number of times.
+Over 400 lines because it is one function per part of the report, called in the order the
+parts depend on each other (logits before calibration, vectors before pairs and retrieval);
+the metrics themselves live in their topic modules.
 """
 
 from __future__ import annotations

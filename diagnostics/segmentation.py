@@ -1,5 +1,8 @@
 """Dense predictions: the streaming state of a segmentation evaluation.
 
+Just over 400 lines: one class, DenseState, whose update, merge and compaction must be read
+together; the metrics are in segmentation_metrics.py, the report in segmentation_report.py.
+
 A :class:`~embscope.diagnostics.Diagnoser` fed masks ``[B, H, W]`` (any ``[B, ...]``) with
 logits ``[B, C, H, W]`` (``[B, C, ...]``) hands the batch to a :class:`DenseState`. Every
 labelled pixel (mask value other than ``ignore_index``) enters, exactly:
