@@ -3,7 +3,6 @@ sampling noise of a share or a KS statistic, and each rule's measured track reco
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -15,6 +14,7 @@ import numpy as np
 from .compare import _finite, _get
 from .report import Recommendation, Report
 from .sections import Reliability
+from .track_records import read_rules, rule_counts
 
 NAN = float("nan")
 
@@ -170,20 +170,11 @@ def track_records() -> dict:
     metric the right way on held-out data; task_not_worse: where F1 / macro-F1 fell by no more
     than 0.01). Empty when the file is missing or unreadable.
     """
-    try:
-        data = json.loads(TRACK_RECORD_FILE.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    rules = data.get("rules") if isinstance(data, dict) else None
-    return rules if isinstance(rules, dict) else {}
+    return read_rules(TRACK_RECORD_FILE)
 
 
 def _track_record(rule: str) -> dict:
-    found = track_records().get(rule) or {}
-    record = {"rule": rule}
-    for key in ("fired", "target", "target_improved", "task_not_worse"):
-        record[key] = found.get(key, "" if key == "target" else 0)
-    return record
+    return rule_counts(track_records(), rule)
 
 
 def _record_phrase(rule: str) -> str:

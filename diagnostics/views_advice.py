@@ -20,12 +20,12 @@ target improved and 80% task not worse; otherwise it is information.
 
 from __future__ import annotations
 
-import json
 import math
 from functools import lru_cache
 from pathlib import Path
 
 from .report import Recommendation, Report
+from .track_records import read_rules, rule_counts
 
 TRACK_RECORD_FILE = Path(__file__).with_name("views_track_record.json")
 
@@ -45,20 +45,11 @@ MIN_FIRED = 20  # ... over at least this many models; fewer are no evidence eith
 def track_records() -> dict:
     """rule -> {"fired", "target", "target_improved", "task_not_worse"} as views_check.py
     wrote them; empty when the file is missing or unreadable."""
-    try:
-        data = json.loads(TRACK_RECORD_FILE.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    rules = data.get("rules") if isinstance(data, dict) else None
-    return rules if isinstance(rules, dict) else {}
+    return read_rules(TRACK_RECORD_FILE)
 
 
 def _record(rule: str) -> dict:
-    found = track_records().get(rule) or {}
-    out = {"rule": rule}
-    for key in ("fired", "target", "target_improved", "task_not_worse"):
-        out[key] = found.get(key, "" if key == "target" else 0)
-    return out
+    return rule_counts(track_records(), rule)
 
 
 def severity(rule: str) -> str:
