@@ -21,7 +21,7 @@ firings; otherwise information. The rules' parameters (0.05 amplitude, 0.1 gap, 
 thresholds) come from the usual practice, not from this grid.
 
 Run: ``nice -n 10 python benchmarks/history_check.py [--seeds 0 1] [--epochs 12]
-[--workers 2] [--write]``; --write updates diagnostics/history_track_record.py.
+[--workers 2] [--write]``; --write updates diagnostics/history_track_record.json.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ DEFAULT_RECIPES = RECIPES[:4]
 TASKS = ("binary", "tenclass")
 CHECKPOINTS = (4, 8, 12)
 OPTIONS = {"reservoir_size": 300, "pair_rows": 100, "retrieval_rows": 100}
-RECORD_FILE = Path(__file__).resolve().parents[1] / "diagnostics" / "history_track_record.py"
+RECORD_FILE = Path(__file__).resolve().parents[1] / "diagnostics" / "history_track_record.json"
 
 
 def _run(job: tuple[str, str, int, int]) -> list[dict]:
@@ -225,7 +225,9 @@ def main() -> None:
     record = {}
     earlier = {}
     if args.accumulate:
-        from embscope.diagnostics.history_track_record import TRACK_RECORD as earlier
+        from embscope.diagnostics.track_records import read_rules
+
+        earlier = read_rules(RECORD_FILE)
     for rule in RULES:
         c = counts.get(rule, {})
         h, b = c.get("holds", [0, 0]), c.get("broken", [0, 0])
@@ -256,13 +258,9 @@ def main() -> None:
             f"{share(c.get('broken:tenclass', [0, 0]))} | {severity} |"
         )
     if args.write:
-        text = RECORD_FILE.read_text().split("TRACK_RECORD")[0]
-        lines = [
-            f'    "{rule}": {{\n        "severity": "{r["severity"]}",\n'
-            f'        "counts": {json.dumps(r["counts"])},\n    }},'
-            for rule, r in record.items()
-        ]
-        RECORD_FILE.write_text(f"{text}TRACK_RECORD: dict = {{\n" + "\n".join(lines) + "\n}\n")
+        data = json.loads(RECORD_FILE.read_text(encoding="utf-8")) if RECORD_FILE.is_file() else {}
+        data["rules"] = record
+        RECORD_FILE.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
         print(f"\nwrote {RECORD_FILE}")
 
 

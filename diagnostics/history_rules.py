@@ -38,13 +38,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
 from .advice import DEFAULT_THRESHOLDS
 from .registry import direction
 from .report import Recommendation, _clean
+from .track_records import read_rules
 
+TRACK_RECORD_FILE = Path(__file__).with_name("history_track_record.json")
 VERDICTS = ("holds", "inconclusive", "broken")
 VERDICT_CODE = {"holds": 1.0, "inconclusive": 0.0, "broken": -1.0}  # what --fail-on reads
 
@@ -527,10 +531,15 @@ def _verdict(rule: str, verdict: str, reason: str, value=None, evidence=None) ->
     )
 
 
-def _with_track_record(trend: Trend) -> Trend:
-    from .history_track_record import TRACK_RECORD
+@lru_cache(maxsize=1)
+def track_records() -> dict:
+    """rule -> {"severity", "counts"} as benchmarks/history_check.py --write stored them in the
+    package's ``history_track_record.json``; empty when the file is missing or unreadable."""
+    return read_rules(TRACK_RECORD_FILE)
 
-    record = TRACK_RECORD.get(trend.rule)
+
+def _with_track_record(trend: Trend) -> Trend:
+    record = track_records().get(trend.rule)
     if record is None:
         return trend
     severity = record["severity"] if trend.verdict == "broken" else "info"

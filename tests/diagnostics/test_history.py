@@ -276,8 +276,10 @@ def test_html_page(real_history):
 
 
 def test_severity_and_evidence_from_the_track_record():
-    from embscope.diagnostics.history_track_record import TRACK_RECORD
+    from embscope.diagnostics.history_rules import track_records
 
+    TRACK_RECORD = track_records()
+    assert TRACK_RECORD  # the shipped package data is found
     history = History()
     for epoch, count in enumerate([10, 20, 30, 40], start=1):
         history.append(
