@@ -43,13 +43,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from embscope.demo import Split, digits_multiclass, train
+from embscope.demo import RIGHT_COLUMNS, Split, TwoViewNet, digits_multiclass, fusion_loss, train
 from embscope.diagnostics.views import diagnose_views
 from embscope.diagnostics.views_advice import VIEW_RULES, recommend_views
 from embscope.losses import FUSION_PRESETS, FusionLoss
 
-LEFT = [r * 8 + c for r in range(8) for c in range(4)]
-RIGHT = [r * 8 + c for r in range(8) for c in range(4, 8)]
 RIGHT_VIEWS = ("clean", "noisy", "dead", "clean_gate_left")
 GATE_BIAS = 4.0  # clean_gate_left: the gate starts with this logit difference for the left view
 SHARPNESS = (1.0, 6.0)
@@ -59,31 +57,6 @@ TOLERANCE = 0.01
 OUT = Path(__file__).resolve().parents[1] / "diagnostics" / "views_track_record.json"
 
 
-class TwoViewNet(nn.Module):
-    """Two encoders, a per-sample softmax gate over the views, a fused embedding, a classifier.
-    ``forward`` returns the named embeddings, the gate's weights and the logits."""
-
-    def __init__(self, sharpness: float = 1.0, dim: int = 16, num_classes: int = 10):
-        super().__init__()
-        self.left = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, dim))
-        self.right = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, dim))
-        self.gate = nn.Linear(2 * dim, 2)
-        self.classifier = nn.Linear(dim, num_classes)
-        self.sharpness = sharpness
-
-    def forward(self, x: torch.Tensor) -> dict:
-        a, b = self.left(x[:, LEFT]), self.right(x[:, RIGHT])
-        attention = torch.softmax(self.sharpness * self.gate(torch.cat([a, b], 1)), dim=1)
-        fused = attention[:, :1] * a + attention[:, 1:] * b
-        return {
-            "left": a,
-            "right": b,
-            "fused": fused,
-            "attention": attention,
-            "logits": self.classifier(fused),
-        }
-
-
 def make_split(seed: int, right: str) -> Split:
     split = digits_multiclass(seed=seed, noise=0.3)
     g = torch.Generator().manual_seed(1000 + seed)
@@ -91,9 +64,9 @@ def make_split(seed: int, right: str) -> Split:
     for x in (split.x_train, split.x_val):
         x = x.clone()
         if right == "noisy":
-            x[:, RIGHT] += torch.randn(len(x), 32, generator=g)
+            x[:, RIGHT_COLUMNS] += torch.randn(len(x), 32, generator=g)
         elif right == "dead":
-            x[:, RIGHT] = torch.randn(len(x), 32, generator=g)
+            x[:, RIGHT_COLUMNS] = torch.randn(len(x), 32, generator=g)
         xs.append(x)
     return Split(
         xs[0],
@@ -117,20 +90,8 @@ def fit(
     weights = {} if w_attention is None else {"w_attention": w_attention}
     criterion = FusionLoss(num_classes=10, feat_dim=16, mode=preset, **weights)
 
-    def loss(model, x, y):
-        out = model(x)
-        total, _ = criterion(
-            out["logits"],
-            y,
-            global_feat=out["left"],
-            local_feat=out["right"],
-            attn_a=out["attention"][:, 0],
-            attn_b=out["attention"][:, 1],
-            features=out["fused"],
-        )
-        return total
-
     params = list(model.parameters()) + list(criterion.parameters())
+    loss = fusion_loss(criterion)
     train(model, split, epochs=EPOCHS, batch_size=BATCH, seed=seed, loss=loss, params=params)
     return model
 

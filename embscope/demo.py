@@ -5,6 +5,8 @@
   task with a gray zone) and :func:`digits_multiclass` (the ten digits);
 - the model, :class:`DigitsNet`: an MLP ``64 -> 64 -> 16`` embedding and any head, returning
   ``(embedding, logits)``; :class:`LeakyMarginNet` applies its margin at evaluation too;
+  :class:`TwoViewNet`, two views of each scan (its left and right columns) fused by a gate, with
+  :func:`fusion_loss` to train it under a FusionLoss;
 - :func:`train`: seeded Adam over the training part.
 
 >>> from embscope.demo import DigitsNet, digits_binary, train
@@ -247,6 +249,61 @@ class LeakyMarginNet(DigitsNet):
             return embedding, self.head(embedding, labels)
         finally:
             self.head.train(was_training)
+
+
+# pixel indices of a flattened 8x8 scan's left four columns and right four columns: two "views"
+LEFT_COLUMNS = [r * 8 + c for r in range(8) for c in range(4)]
+RIGHT_COLUMNS = [r * 8 + c for r in range(8) for c in range(4, 8)]
+
+
+class TwoViewNet(nn.Module):
+    """Two encoders (one per half of the scan, ``32 -> 32 -> dim``), a per-sample softmax gate
+    over the views (its logits times ``sharpness``), the fused embedding (the gate-weighted sum)
+    and a linear classifier. ``forward`` returns the named embeddings ``left``, ``right`` and
+    ``fused``, the gate's ``attention`` weights ``[B, 2]`` and the ``logits``: the outputs the
+    views report reads."""
+
+    def __init__(self, sharpness: float = 1.0, dim: int = 16, num_classes: int = 10) -> None:
+        super().__init__()
+        self.left = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, dim))
+        self.right = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, dim))
+        self.gate = nn.Linear(2 * dim, 2)
+        self.classifier = nn.Linear(dim, num_classes)
+        self.sharpness = sharpness
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        a, b = self.left(x[:, LEFT_COLUMNS]), self.right(x[:, RIGHT_COLUMNS])
+        attention = torch.softmax(self.sharpness * self.gate(torch.cat([a, b], dim=1)), dim=1)
+        fused = attention[:, :1] * a + attention[:, 1:] * b
+        return {
+            "left": a,
+            "right": b,
+            "fused": fused,
+            "attention": attention,
+            "logits": self.classifier(fused),
+        }
+
+
+def fusion_loss(criterion: nn.Module) -> LossFn:
+    """The :func:`train` loss of a :class:`TwoViewNet` under an ``embscope.losses.FusionLoss``:
+    the logits, each view's features (for the consistency term), the gate's two weights (balance
+    and diversity) and the fused embedding (center loss). Optimise ``criterion.parameters()``
+    too: the center term's class centres are parameters of the loss."""
+
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = model(x)
+        total, _ = criterion(
+            out["logits"],
+            y,
+            global_feat=out["left"],
+            local_feat=out["right"],
+            attn_a=out["attention"][:, 0],
+            attn_b=out["attention"][:, 1],
+            features=out["fused"],
+        )
+        return total
+
+    return loss
 
 
 def default_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

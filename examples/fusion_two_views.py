@@ -4,7 +4,7 @@ fusion help?
 Each 8x8 digit (pixel noise 0.3) is cut into two "modalities": its left four columns and its
 right four columns. One small encoder per view gives a 16-d feature; a gate turns the two into
 attention weights (softmax over the views, per sample) and the fused embedding is their
-weighted sum, classified by a linear layer. The model's forward returns its named embeddings
+weighted sum, classified by a linear layer (``embscope.demo.TwoViewNet``). The model's forward returns its named embeddings
 (``left``, ``right``, ``fused``), the ``attention`` weights and the ``logits``, so the
 ``diagnose`` command and `diagnose_model` write the views report for it too. The model is
 trained once per FusionLoss preset (``embscope.losses.FUSION_PRESETS``):
@@ -33,37 +33,10 @@ import argparse
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from embscope.demo import digits_multiclass, train
+from embscope.demo import TwoViewNet, digits_multiclass, fusion_loss, train
 from embscope.diagnostics import compare_many, diagnose_views
 from embscope.losses import FUSION_PRESETS, FusionLoss
-
-LEFT = [r * 8 + c for r in range(8) for c in range(4)]  # pixel indices of columns 0-3
-RIGHT = [r * 8 + c for r in range(8) for c in range(4, 8)]
-
-
-class TwoViewNet(nn.Module):
-    """Two encoders, a per-sample gate over the views, a fused embedding and a classifier."""
-
-    def __init__(self, dim: int = 16, num_classes: int = 10) -> None:
-        super().__init__()
-        self.left = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, dim))
-        self.right = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, dim))
-        self.gate = nn.Linear(2 * dim, 2)
-        self.classifier = nn.Linear(dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        a, b = self.left(x[:, LEFT]), self.right(x[:, RIGHT])
-        attention = torch.softmax(self.gate(torch.cat([a, b], dim=1)), dim=1)  # [B, 2]
-        fused = attention[:, :1] * a + attention[:, 1:] * b
-        return {
-            "left": a,
-            "right": b,
-            "fused": fused,
-            "attention": attention,
-            "logits": self.classifier(fused),
-        }
 
 
 def _cell(report, key: str) -> str:
@@ -93,22 +66,10 @@ def main() -> None:
         model = TwoViewNet()
         criterion = FusionLoss(num_classes=10, feat_dim=16, mode=preset)
 
-        def loss(model, x, y, criterion=criterion):
-            out = model(x)
-            total, _ = criterion(
-                out["logits"],
-                y,
-                global_feat=out["left"],
-                local_feat=out["right"],
-                attn_a=out["attention"][:, 0],
-                attn_b=out["attention"][:, 1],
-                features=out["fused"],
-            )
-            return total
-
-        # the center term's class centres are parameters of the loss: optimise them too
+        # fusion_loss hands FusionLoss the logits, each view's features, the gate's weights and
+        # the fused embedding; the center term's class centres are parameters of the loss
         params = list(model.parameters()) + list(criterion.parameters())
-        train(model, split, epochs=epochs, seed=0, loss=loss, params=params)
+        train(model, split, epochs=epochs, seed=0, loss=fusion_loss(criterion), params=params)
 
         model.eval()
         with torch.no_grad():
