@@ -27,6 +27,18 @@ from .sections import ClassTable
 PRIOR = 1.5
 
 
+def _collapse_evidence(predicted: tuple, rate: float, labels: tuple, onto: bool) -> dict:
+    """The collapse rule's evidence, binary or multi-class: ``predicted`` = (key, share,
+    interval, op) against ``rate``, ``labels`` = (key, the labels' share), and
+    ``onto_commonest_label``."""
+    key, share, (low, high), op = predicted
+    return {
+        key: {"value": share, "interval": [low, high], "threshold": rate, "op": op},
+        labels[0]: {"value": labels[1]},
+        "onto_commonest_label": {"value": float(onto)},
+    }
+
+
 def _collapse(report: Report, t: dict) -> dict | None:
     """Evidence that predictions collapsed onto one class while the labels did not: the
     predicted share beyond ``collapse_rate`` by its Wilson interval; ``onto_commonest_label``
@@ -37,21 +49,9 @@ def _collapse(report: Report, t: dict) -> dict | None:
     if _finite(pred, lab):
         low, high = wilson_interval(pred, n, level) if _finite(n) else (pred, pred)
         if (low > rate or high < 1 - rate) and 1 - rate < lab < rate:
-            return {
-                "pred_positive_rate": {
-                    "value": pred,
-                    "interval": [low, high],
-                    "threshold": rate,
-                    "op": "> or < 1 -",
-                },
-                "label_positive_rate": {"value": lab},
-                "onto_commonest_label": {
-                    "value": float(
-                        (pred > 0.5) == (lab > 0.5)
-                        and max(lab, 1 - lab) >= PRIOR * min(lab, 1 - lab)
-                    )
-                },
-            }
+            onto = (pred > 0.5) == (lab > 0.5) and max(lab, 1 - lab) >= PRIOR * min(lab, 1 - lab)
+            predicted = ("pred_positive_rate", pred, (low, high), "> or < 1 -")
+            return _collapse_evidence(predicted, rate, ("label_positive_rate", lab), onto)
         return None
     table = report.sections.get("classes")
     rows = table.rows if isinstance(table, ClassTable) else ()
@@ -65,16 +65,9 @@ def _collapse(report: Report, t: dict) -> dict | None:
         top_label = commonest / total if total else 0
         low, high = wilson_interval(top_pred, total, level)
         if low > rate and top_label < rate:
-            return {
-                "top_predicted_share": {
-                    "value": top_pred,
-                    "interval": [low, high],
-                    "threshold": rate,
-                    "op": ">",
-                },
-                "top_label_share": {"value": top_label},
-                "onto_commonest_label": {"value": float(predicted.count == commonest and clear)},
-            }
+            onto = predicted.count == commonest and clear
+            share = ("top_predicted_share", top_pred, (low, high), ">")
+            return _collapse_evidence(share, rate, ("top_label_share", top_label), onto)
     return None
 
 
@@ -168,6 +161,20 @@ def _calibrate(report: Report, t: dict, unsure: _Unsure, has_head: bool) -> Reco
     )
 
 
+def _sure_symptom(
+    report: Report, t: dict, unsure: _Unsure, key: str, over: bool, seen: str
+) -> tuple[dict, dict] | None:
+    """(share evidence, calibration-gap evidence) when the share ``key`` exceeds its threshold
+    ``t[key]`` by its interval and the outputs are over- (``over``) or underconfident beyond
+    noise; otherwise ``seen`` and that evidence go to ``unsure`` and the answer is None."""
+    share_ev = _share_evidence(report, key, t[key], t)
+    ok, gap_ev = _miscalibrated(report, t, over=over)
+    if ok and share_ev["interval"][0] > t[key]:
+        return share_ev, gap_ev
+    unsure.add(seen, **{key: share_ev}, **gap_ev)
+    return None
+
+
 def _scale(report: Report, t: dict, unsure: _Unsure, c_head: int) -> Recommendation | None:
     """decrease_scale / increase_scale from the measured symptom: saturated outputs that are
     sharper than the data supports, or a gray zone with outputs blunter than it supports. The
@@ -191,17 +198,14 @@ def _scale(report: Report, t: dict, unsure: _Unsure, c_head: int) -> Recommendat
         value = min(max(calibrated, floor), t["max_scale"])
         if not s > t["scale_factor"] * value:
             return None
-        sat_ev = _share_evidence(report, "saturation_fraction", t["saturation_fraction"], t)
-        ok, gap_ev = _miscalibrated(report, t, over=True)
-        if not (ok and sat_ev["interval"][0] > t["saturation_fraction"]):
-            unsure.add(
-                f"{sat:.0%} of the outputs are saturated at fitted temperature {temp:.2f}, but "
-                "the saturated share or the overconfidence is within sampling noise of its "
-                "threshold",
-                saturation_fraction=sat_ev,
-                **gap_ev,
-            )
+        seen = (
+            f"{sat:.0%} of the outputs are saturated at fitted temperature {temp:.2f}, but "
+            "the saturated share or the overconfidence is within sampling noise of its threshold"
+        )
+        sure = _sure_symptom(report, t, unsure, "saturation_fraction", True, seen)
+        if sure is None:
             return None
+        sat_ev, gap_ev = sure
         base["fitted_temperature"].update(threshold=t["scale_factor"], op=">")
         floor_note = (
             f" (NormFace's least scale for P = {t['target_probability']:g})"
@@ -230,17 +234,15 @@ def _scale(report: Report, t: dict, unsure: _Unsure, c_head: int) -> Recommendat
         value = min(calibrated, t["max_scale"])
         if not value > s * t["increase_factor"]:
             return None
-        gz_ev = _share_evidence(report, "gray_zone_fraction", t["gray_zone_fraction"], t)
-        ok, gap_ev = _miscalibrated(report, t, over=False)
-        if not (ok and gz_ev["interval"][0] > t["gray_zone_fraction"]):
-            unsure.add(
-                f"{gz:.0%} of the samples are in the gray zone at fitted temperature "
-                f"{temp:.2f}, but the gray-zone share or the underconfidence is within "
-                "sampling noise of its threshold",
-                gray_zone_fraction=gz_ev,
-                **gap_ev,
-            )
+        seen = (
+            f"{gz:.0%} of the samples are in the gray zone at fitted temperature {temp:.2f}, "
+            "but the gray-zone share or the underconfidence is within sampling noise of its "
+            "threshold"
+        )
+        sure = _sure_symptom(report, t, unsure, "gray_zone_fraction", False, seen)
+        if sure is None:
             return None
+        gz_ev, gap_ev = sure
         base["fitted_temperature"].update(threshold=1 / t["increase_factor"], op="<")
         reason = (
             f"{gz:.0%} of the samples are in the gray zone while the outputs are "
