@@ -22,6 +22,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +106,19 @@ def bench(case: str, runs: int, scale: float, workdir: Path) -> dict:
     }
 
 
+@contextmanager
+def scratch(kept: Path | None, prefix: str = "embscope-bench-") -> Iterator[Path]:
+    """The folder for the generated data: ``kept`` (--workdir), left in place afterwards, or a
+    temporary one, removed afterwards."""
+    workdir = kept or Path(tempfile.mkdtemp(prefix=prefix))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield workdir
+    finally:
+        if kept is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--case", choices=["a", "b", "all"], default="all")
@@ -111,15 +126,13 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the rows to use")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the generated data here")
     args = ap.parse_args()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="embscope-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     cases = ["a", "b"] if args.case == "all" else [args.case]
     print(f"# diagnose on precomputed .npy files ({os.cpu_count()} CPUs), medians of {args.runs}")
     print(
         "| case | N | D | C | floor s | diagnose s | ratio (goal <= 3) | floor RSS GB | diagnose RSS GB |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    try:
+    with scratch(args.workdir) as workdir:
         for case in cases:
             r = bench(case, args.runs, args.scale, workdir)
             print(
@@ -128,9 +141,6 @@ def main() -> None:
                 f"{r['floor_rss_gb']:.2f} | {r['diagnose_rss_gb']:.2f} |",
                 flush=True,
             )
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

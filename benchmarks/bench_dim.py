@@ -28,15 +28,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_diagnose import scratch  # noqa: E402
 
 CASES = [(300, 1024), (300, 4096), (300, 8192), (10_000, 1024), (10_000, 4096), (4, 100_000)]
 
@@ -160,9 +161,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="keep the generated data here")
     args = ap.parse_args()
     cases = [tuple(int(v) for v in c.lower().split("x")) for c in args.case] if args.case else CASES
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="embscope-bench-dim-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
+    with scratch(args.workdir, prefix="embscope-bench-dim-") as workdir:
         if args.profile:
             for n, d in cases:
                 k = max(2, min(args.classes, n // 2))
@@ -195,9 +194,6 @@ def main() -> None:
                 f"{r['diag_rss']:.2f} | {r['floor_rss']:.2f} |",
                 flush=True,
             )
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_diagnose import CASES, make_data  # noqa: E402
+from bench_diagnose import CASES, make_data, scratch  # noqa: E402
 
 RUN = r"""
 import sys
@@ -47,13 +45,11 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the rows to use")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the generated data here")
     args = ap.parse_args()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="embscope-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    n, d, k = CASES["a"]
-    n = int(n * args.scale)
-    folder = workdir / "case_a"
-    folder.mkdir(exist_ok=True)
-    try:
+    with scratch(args.workdir) as workdir:
+        n, d, k = CASES["a"]
+        n = int(n * args.scale)
+        folder = workdir / "case_a"
+        folder.mkdir(exist_ok=True)
         if not (folder / "labels.npy").exists():
             make_data(folder, n, d, k)
         cmds = {
@@ -94,9 +90,6 @@ def main() -> None:
             "all runs (wall, CPU):",
             {m: [(round(w, 2), round(c, 2)) for w, c in t] for m, t in times.items()},
         )
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
