@@ -282,6 +282,10 @@ def run_cell(cell: tuple) -> tuple[list[dict], dict]:
         return tests[config]
 
     rows: list[dict] = []
+
+    def record(rule, rec, config, variant, target, task) -> None:
+        rows.append(outcome(rule, rec, config, noise, seed, variant, target, task))
+
     probes: list[dict] = []
     counts = {"trained": 0, "trained_margin": 0, "leaky": 0, "fresh": 0, "cpu_s": 0.0}
     base = Config(arch, task)
@@ -308,9 +312,7 @@ def run_cell(cell: tuple) -> tuple[list[dict], dict]:
                 a = calibration_metrics(test_logits / temp, y_test)
                 improved = a.ece < b.ece and a.nll < b.nll
                 target = ((b.ece, b.nll), (a.ece, a.nll), improved)
-                rows.append(
-                    outcome(rule, rec, config, noise, seed, "trained", target, (k_before, k_before))
-                )
+                record(rule, rec, config, "trained", target, (k_before, k_before))
                 continue
             if rule in ("decrease_scale", "increase_scale", "decrease_margin", "increase_margin"):
                 name = TARGET[rule]
@@ -321,18 +323,8 @@ def run_cell(cell: tuple) -> tuple[list[dict], dict]:
                 )
                 after, _ = test_of(changed)
                 tb, ta = test_report.metrics[name], after.metrics[name]
-                rows.append(
-                    outcome(
-                        rule,
-                        rec,
-                        config,
-                        noise,
-                        seed,
-                        "trained",
-                        (tb, ta, better(name, tb, ta)),
-                        (k_before, after.metrics[metric]),
-                    )
-                )
+                target = (tb, ta, better(name, tb, ta))
+                record(rule, rec, config, "trained", target, (k_before, after.metrics[metric]))
                 continue
             if rec.action in ("disable_arcface", "enable_arcface"):
                 base_test, _ = test_of(base)
@@ -344,16 +336,10 @@ def run_cell(cell: tuple) -> tuple[list[dict], dict]:
                     if disable
                     else (base_test.metrics[metric], k_before)
                 )
-                rows.append(
-                    outcome(rule, rec, config, noise, seed, "trained", (0, 0, agrees), (kb, ka))
-                )
+                record(rule, rec, config, "trained", (0, 0, agrees), (kb, ka))
                 continue
             # check_head or a collapse on a trained model: nothing to put right
-            rows.append(
-                outcome(
-                    rule, rec, config, noise, seed, "trained", (0, 0, False), (k_before, k_before)
-                )
-            )
+            record(rule, rec, config, "trained", (0, 0, False), (k_before, k_before))
         if (m, s) not in VARIANTS:
             continue
         # the same weights, evaluated by a loop that passes labels to a leaking forward, with
@@ -370,9 +356,7 @@ def run_cell(cell: tuple) -> tuple[list[dict], dict]:
                 before, _ = evaluate(LeakyEval(model), x_test, y_test, with_labels=True)
                 after, _ = evaluate(model, x_test, y_test, with_labels=True)
                 kb, ka = before.metrics[metric], after.metrics[metric]
-                rows.append(
-                    outcome(rule, rec, config, noise, seed, "leaky", (kb, ka, ka > kb), (kb, ka))
-                )
+                record(rule, rec, config, "leaky", (kb, ka, ka > kb), (kb, ka))
         # the trained body with a fresh head
         counts["fresh"] += 1
         fresh = copy.deepcopy(model)
@@ -385,18 +369,8 @@ def run_cell(cell: tuple) -> tuple[list[dict], dict]:
                 continue
             before, _ = evaluate(fresh, x_test, y_test)
             acc_b, acc_a = before.metrics["accuracy"], test_report.metrics["accuracy"]
-            rows.append(
-                outcome(
-                    rule,
-                    rec,
-                    config,
-                    noise,
-                    seed,
-                    "fresh",
-                    (acc_b, acc_a, acc_a > acc_b),
-                    (before.metrics[metric], k_before),
-                )
-            )
+            target = (acc_b, acc_a, acc_a > acc_b)
+            record(rule, rec, config, "fresh", target, (before.metrics[metric], k_before))
     counts["cpu_s"] = time.process_time() - cpu
     return rows, counts, probes
 
