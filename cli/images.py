@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,15 +188,15 @@ class ImageFolder:
                 pending = submit(start + batch_size) if start + batch_size < len(self.files) else []
                 for file, array in zip(files, arrays, strict=True):
                     self._check_size(file, array)
-                inputs = torch.from_numpy(self._normalise(np.stack(arrays)))
+                inputs = torch.from_numpy(normalise(np.stack(arrays), self.options))
                 labels = torch.from_numpy(self.labels[start : start + batch_size])
                 yield Batch(inputs, labels, [str(f) for f in files])
 
     def _read(self, file: Path) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         options = self.options
-        try:
+        with reading(file, "an image"):
             with Image.open(file) as image:
                 if self.every_grey and image.mode not in GREY_MODES:
                     raise UsageError(
@@ -214,12 +215,6 @@ class ImageFolder:
                     height, width = options.size
                     image = image.resize((width, height), Image.Resampling.BILINEAR)
                 array = np.asarray(image, dtype=np.float32) / scale
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-            raise UsageError(
-                file,
-                f"cannot be read as an image ({one_line(str(error), 120)})",
-                "replace or remove the file",
-            ) from error
         array = array.reshape(array.shape[0], array.shape[1], -1).transpose(2, 0, 1)
         if self.channels != 1 and array.shape[0] == 1:  # 16-bit grey read as RGB
             array = np.repeat(array, 3, axis=0)
@@ -238,35 +233,47 @@ class ImageFolder:
                 "pass --image-size to resize every image to the size the model expects",
             )
 
-    def _normalise(self, batch: np.ndarray) -> np.ndarray:
-        channels = batch.shape[1]
-        for flag, values in (("--mean", self.options.mean), ("--std", self.options.std)):
-            if values is not None and len(values) not in (1, channels):
-                raise UsageError(
-                    flag,
-                    f"has {len(values)} values but the images have {channels} channels",
-                    f"give 1 or {channels} comma-separated values",
-                )
-        if self.options.mean is not None:
-            batch -= np.asarray(self.options.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-        if self.options.std is not None:
-            batch /= np.asarray(self.options.std, dtype=np.float32).reshape(1, -1, 1, 1)
-        return batch
+
+def normalise(batch: np.ndarray, options: ImageOptions) -> np.ndarray:
+    """``(batch - --mean) / --std`` per channel, in place; a mean or std with neither one value
+    nor one per channel is a usage error naming the flag."""
+    channels = batch.shape[1]
+    for flag, values in (("--mean", options.mean), ("--std", options.std)):
+        if values is not None and len(values) not in (1, channels):
+            raise UsageError(
+                flag,
+                f"has {len(values)} values but the images have {channels} channels",
+                f"give 1 or {channels} comma-separated values",
+            )
+    if options.mean is not None:
+        batch -= np.asarray(options.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    if options.std is not None:
+        batch /= np.asarray(options.std, dtype=np.float32).reshape(1, -1, 1, 1)
+    return batch
+
+
+@contextmanager
+def reading(file: Path, what: str) -> Iterator[None]:
+    """Pillow's errors while reading ``file`` as ``what`` ("an image", "a mask") become one
+    usage error naming the file."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        yield
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        raise UsageError(
+            file,
+            f"cannot be read as {what} ({one_line(str(error), 120)})",
+            "replace or remove the file",
+        ) from error
 
 
 def _peek(file: Path) -> tuple[str, tuple[int, int]]:
     """The Pillow mode and (width, height) of an image, from its header."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with Image.open(file) as image:
-            return image.mode, image.size
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-        raise UsageError(
-            file,
-            f"cannot be read as an image ({one_line(str(error), 120)})",
-            "replace or remove the file",
-        ) from error
+    with reading(file, "an image"), Image.open(file) as image:
+        return image.mode, image.size
 
 
 def _mode_name(mode: str) -> str:

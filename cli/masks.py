@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from embscope.cli.errors import UsageError, one_line
-from embscope.cli.images import IMAGE_EXTENSIONS, ImageOptions
+from embscope.cli.errors import UsageError
+from embscope.cli.images import IMAGE_EXTENSIONS, ImageOptions, normalise, reading
 from embscope.cli.input_common import Batch
 
 MASK_KEYS = ("masks", "mask")
@@ -148,7 +148,7 @@ class MaskFolder:
                     )
                 images.append(array)
                 masks.append(mask)
-            inputs = torch.from_numpy(_normalise(np.stack(images), self.options))
+            inputs = torch.from_numpy(normalise(np.stack(images), self.options))
             labels = torch.from_numpy(np.stack(masks).astype(np.int64))
             yield Batch(inputs, labels, [str(image) for image, _ in pairs])
 
@@ -222,30 +222,23 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _read_image(file: Path, options: ImageOptions, grey: bool) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with Image.open(file) as image:
-            image = image.convert("L" if grey else "RGB")
-            if options.size is not None:
-                height, width = options.size
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-        raise UsageError(
-            file,
-            f"cannot be read as an image ({one_line(str(error), 120)})",
-            "replace or remove it",
-        ) from error
+    with reading(file, "an image"), Image.open(file) as image:
+        image = image.convert("L" if grey else "RGB")
+        if options.size is not None:
+            height, width = options.size
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+        array = np.asarray(image, dtype=np.float32) / 255.0
     return np.ascontiguousarray(
         array.reshape(array.shape[0], array.shape[1], -1).transpose(2, 0, 1)
     )
 
 
 def _read_mask(file: Path, size: tuple[int, int] | None) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
+    with reading(file, "a mask"):
         with Image.open(file) as mask:
             if mask.mode not in ("P", "L", "1", "I;16", "I;16L", "I;16B", "I"):
                 raise UsageError(
@@ -257,23 +250,3 @@ def _read_mask(file: Path, size: tuple[int, int] | None) -> np.ndarray:
                 height, width = size
                 mask = mask.resize((width, height), Image.Resampling.NEAREST)
             return np.asarray(mask).astype(np.int64)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-        raise UsageError(
-            file, f"cannot be read as a mask ({one_line(str(error), 120)})", "replace or remove it"
-        ) from error
-
-
-def _normalise(batch: np.ndarray, options: ImageOptions) -> np.ndarray:
-    channels = batch.shape[1]
-    for flag, values in (("--mean", options.mean), ("--std", options.std)):
-        if values is not None and len(values) not in (1, channels):
-            raise UsageError(
-                flag,
-                f"has {len(values)} values but the images have {channels} channels",
-                f"give 1 or {channels} comma-separated values",
-            )
-    if options.mean is not None:
-        batch -= np.asarray(options.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    if options.std is not None:
-        batch /= np.asarray(options.std, dtype=np.float32).reshape(1, -1, 1, 1)
-    return batch
