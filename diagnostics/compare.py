@@ -840,7 +840,9 @@ def compare(
     losses = [k for k in counted if decisions[k].outcome == "worse"]
     regressions = [_regression(decisions[k]) for k in losses]
     head_b = _finite(_get(report_b, "head.m")) and _get(report_b, "head.m") > 0
-    summary = f"B better on {wins or 'nothing'}, worse on {losses or 'nothing'}"
+    summary = (
+        f"B better on {', '.join(wins) or 'nothing'}, worse on {', '.join(losses) or 'nothing'}"
+    )
     summary += f" (of {len(counted)} metrics judged; tolerance {_tol_text(tolerance)})"
     rec = None
     no_head_a = not any(_finite(_get(b, "head.m")) and _get(b, "head.m") > 0 for b in baselines)
