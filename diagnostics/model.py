@@ -27,7 +27,7 @@ from .errors import InputError
 from .leak import LeakScores, any_rank, distributed_group, with_leak_scores
 from .provenance import state_dict_fingerprint
 from .report import Report
-from .runner import ModelRunner
+from .runner import ModelRunner, compute_outputs
 from .thumbnails import THUMBNAIL_COUNT, HardestInputs, with_thumbnails
 from .views_model import first_output_has_views, views_report
 
@@ -155,15 +155,7 @@ def diagnose_model(
         both.sync(group)
     if distributed:  # every rank's hardest inputs, as one process that saw every shard
         keeper.sync(group)
-    try:
-        report = diagnoser.compute()
-    except ValueError as error:  # no usable row: every output was NaN/Inf (or all-zero)
-        raise InputError(
-            "the model's outputs",
-            str(error),
-            "check the model's weights and that the data is scaled as in training",
-            argument="outputs",
-        ) from error
+    report = compute_outputs(diagnoser)
     if both is not None and both.state is not None:
         report = with_leak_scores(report, both.state, diagnoser.thresholds)
     report = with_thumbnails(report, keeper)

@@ -377,3 +377,18 @@ class ModelRunner:
 def _one_line(error: BaseException, limit: int = 200) -> str:
     text = " ".join(f"{type(error).__name__}: {error}".split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def compute_outputs(diagnoser: Any) -> Any:
+    """``diagnoser.compute()`` on what a model's outputs filled it with (a `Diagnoser` or a
+    `ViewsDiagnoser`); no usable row (every output NaN/Inf, or all-zero) is an InputError that
+    names the model's outputs."""
+    try:
+        return diagnoser.compute()
+    except ValueError as error:
+        raise InputError(
+            "the model's outputs",
+            str(error),
+            "check the model's weights and that the data is scaled as in training",
+            argument="outputs",
+        ) from error

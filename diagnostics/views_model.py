@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .errors import InputError
+from .runner import compute_outputs
 from .views import FUSED_NAMES, ViewsDiagnoser
 
 RESERVED = ("logits", "attention")
@@ -90,15 +91,7 @@ def views_report(runner, batches: Iterable, options: dict, model_name: str):
             ) from error
         except (ValueError, TypeError) as error:
             raise InputError("data", str(error), "check the data", argument="data") from error
-    try:
-        report = d.compute()
-    except ValueError as error:
-        raise InputError(
-            "the model's outputs",
-            str(error),
-            "check the model's weights and that the data is scaled as in training",
-            argument="outputs",
-        ) from error
+    report = compute_outputs(d)
     source = {
         "model": model_name,
         "embedding": f"the model's named embeddings ({', '.join(d.names)}; "
