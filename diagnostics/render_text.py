@@ -127,6 +127,9 @@ def interval_text(report, name: str) -> str:
     iv = getattr(report, "intervals", {}).get(name)
     if not iv:
         return ""
+    method = (getattr(report, "interval_methods", None) or {}).get(name, "")
+    if iv[0] == iv[1] and method.startswith("exact"):
+        return "exact"  # a count or a setting, not an estimate
     return f"[{fmt(float(iv[0]))}, {fmt(float(iv[1]))}]"
 
 
