@@ -56,6 +56,15 @@ SIDE_BY_SIDE = (
     "recall_at_1",
     "map_at_r",
 )
+# what each pair of views gets in the agreement section (views_metrics.agreement)
+AGREEMENT_KEYS = (
+    "nn_agreement",
+    "knn_overlap",
+    "spearman",
+    "only_first_right",
+    "only_second_right",
+    "complementarity",
+)
 DATA_KEYS = ("n", "num_classes", "nonfinite_count", "zero_norm_count")
 
 
@@ -291,14 +300,7 @@ def _agreement(vd, out: _Out, joint: dict) -> list:
     section = []
     if m < 3:
         for a, b in pairs:
-            for what in (
-                "nn_agreement",
-                "knn_overlap",
-                "spearman",
-                "only_first_right",
-                "only_second_right",
-                "complementarity",
-            ):
+            for what in AGREEMENT_KEYS:
                 out.put(
                     f"agreement.{a}.{b}.{what}",
                     NAN,
@@ -354,17 +356,7 @@ def _agreement(vd, out: _Out, joint: dict) -> list:
             {
                 "first": a,
                 "second": b,
-                **{
-                    w: g[w]
-                    for w in (
-                        "nn_agreement",
-                        "knn_overlap",
-                        "spearman",
-                        "only_first_right",
-                        "only_second_right",
-                        "complementarity",
-                    )
-                },
+                **{w: g[w] for w in AGREEMENT_KEYS},
             }
         )
     return section
