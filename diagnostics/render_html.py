@@ -30,6 +30,7 @@ from .render_text import (
     RETRIEVAL_METRICS,
     SEPARATION_METRICS,
     arrow,
+    class_columns,
     direction_text,
     evidence_text,
     fmt,
@@ -45,7 +46,7 @@ from .render_text import (
     shown_metrics,
     undefined_line,
 )
-from .sections import ClassMargins, ClassTable, Confusion, Hardest, Head, Histograms
+from .sections import ClassMargins, Confusion, Hardest, Head, Histograms
 
 e = html.escape
 MAX_CLASSES_SHOWN = 30  # classes listed openly; beyond, those needing attention, the rest folded
@@ -386,29 +387,14 @@ def _confusions(report) -> str:
 
 
 def _classes(report) -> str:
-    table = report.sections.get("classes")
-    if not isinstance(table, ClassTable) or not table.rows:
+    found = class_columns(report)
+    if found is None:
         return ""
-    margins = report.sections.get("class_margins")
-    by_label = {}
-    if isinstance(margins, ClassMargins):
-        by_label = {
-            v: (margins.median[i], margins.negative_fraction[i])
-            for i, v in enumerate(margins.label)
-        }
+    table, header, cells, by_label = found
     logits = table.rows[0].recall is not None
-    header = ["class", "samples", "mean norm", "spread"]
-    header += ["recall", "predicted"] if logits else []
-    header += ["median margin", "negative margins"] if by_label else []
 
     def row(r) -> list[str]:
-        cells = [str(r.label), str(r.count), fmt(r.mean_norm), fmt(r.spread)]
-        if logits:
-            cells += [fmt(r.recall), fmt(r.predicted)]
-        if by_label:
-            med, neg = by_label.get(r.label, (float("nan"), float("nan")))
-            cells += [fmt(med), fmt(neg)]
-        return [e(c) for c in cells]
+        return [e(c) for c in cells(r)]
 
     numeric = set(range(len(header)))
     rows = list(table.rows)

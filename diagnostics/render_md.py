@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from .render_text import (
     KEY_METRICS,
+    class_columns,
     direction_text,
     evidence_text,
     fmt,
@@ -19,7 +20,7 @@ from .render_text import (
     shown_metrics,
     undefined_line,
 )
-from .sections import ClassMargins, ClassTable, Confusion, Hardest
+from .sections import Confusion, Hardest
 
 MAX_CLASS_ROWS = 50  # the classes table lists this many classes (report.json has them all)
 MAX_CONFUSION_ROWS = 10
@@ -86,31 +87,11 @@ def _better(name: str) -> str:
 
 
 def _classes(report) -> list[str]:
-    table = report.sections.get("classes")
-    if not isinstance(table, ClassTable) or not table.rows:
+    found = class_columns(report)
+    if found is None:
         return []
-    margins = report.sections.get("class_margins")
-    by_label = {}
-    if isinstance(margins, ClassMargins):
-        by_label = {
-            v: (margins.median[i], margins.negative_fraction[i])
-            for i, v in enumerate(margins.label)
-        }
-    header = ["class", "samples", "mean norm", "spread"]
-    logits = table.rows[0].recall is not None
-    if logits:
-        header += ["recall", "predicted"]
-    if by_label:
-        header += ["median margin", "negative margins"]
-    rows = []
-    for r in table.rows[:MAX_CLASS_ROWS]:
-        row = [str(r.label), str(r.count), fmt(r.mean_norm), fmt(r.spread)]
-        if logits:
-            row += [fmt(r.recall), fmt(r.predicted)]
-        if by_label:
-            med, neg = by_label.get(r.label, (float("nan"), float("nan")))
-            row += [fmt(med), fmt(neg)]
-        rows.append(row)
+    table, header, cells, _ = found
+    rows = [cells(r) for r in table.rows[:MAX_CLASS_ROWS]]
     lines = ["", "## Classes", ""] + _table(header, rows, right=len(header) - 1)
     if len(table.rows) > MAX_CLASS_ROWS:
         lines.append(f"\n({len(table.rows) - MAX_CLASS_ROWS} more classes in report.json)")

@@ -12,6 +12,7 @@ from pathlib import PurePath
 
 from .registry import direction as _direction
 from .registry import headline_keys, info
+from .sections import ClassMargins, ClassTable
 
 KEY_METRICS = headline_keys()  # the summary's metrics, from the registry
 
@@ -239,6 +240,37 @@ def evidence_text(e) -> str:
     if "how" in e:
         parts.append(f"[{e['how']}]")
     return " ".join(parts)
+
+
+def class_columns(report):
+    """The classes table as text, for the page and report.md: ``(table, header, cells,
+    by_label)`` where ``cells(row)`` is one class's cells and ``by_label`` maps a label to its
+    (median margin, share of negative margins) when the report has them; None without classes."""
+    table = report.sections.get("classes")
+    if not isinstance(table, ClassTable) or not table.rows:
+        return None
+    margins = report.sections.get("class_margins")
+    by_label = {}
+    if isinstance(margins, ClassMargins):
+        by_label = {
+            v: (margins.median[i], margins.negative_fraction[i])
+            for i, v in enumerate(margins.label)
+        }
+    logits = table.rows[0].recall is not None
+    header = ["class", "samples", "mean norm", "spread"]
+    header += ["recall", "predicted"] if logits else []
+    header += ["median margin", "negative margins"] if by_label else []
+
+    def cells(r) -> list[str]:
+        row = [str(r.label), str(r.count), fmt(r.mean_norm), fmt(r.spread)]
+        if logits:
+            row += [fmt(r.recall), fmt(r.predicted)]
+        if by_label:
+            med, neg = by_label.get(r.label, (float("nan"), float("nan")))
+            row += [fmt(med), fmt(neg)]
+        return row
+
+    return table, header, cells, by_label
 
 
 # ----------------------------------------------------------------------------------------------
