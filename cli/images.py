@@ -77,9 +77,12 @@ class ImageFolder:
         self.why = "--grayscale" if options.grayscale else "--rgb" if options.rgb else "the default"
         self.expected = ModelInput()  # what the model takes, once fit_model was called
         self.every_grey = False  # one channel chosen for the model: every image must be grey
-        self.classes = sorted(
-            d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-        )
+        names = [d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        # Folders named by integers are those classes (a folder "7" holds class 7, also when
+        # only some classes are there, and "10" sorts after "9"); other names are sorted and
+        # numbered 0, 1, ... as in torchvision's ImageFolder.
+        self.numbered = bool(names) and all(n.isascii() and n.isdigit() for n in names)
+        self.classes = sorted(names, key=int) if self.numbered else sorted(names)
         if not self.classes:
             loose = [p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
             what = (
@@ -91,6 +94,7 @@ class ImageFolder:
         self.files: list[Path] = []
         labels: list[int] = []
         for index, name in enumerate(self.classes):
+            index = int(name) if self.numbered else index
             folder = root / name
             if not os.access(folder, os.R_OK | os.X_OK):
                 raise UsageError(

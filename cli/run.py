@@ -214,6 +214,16 @@ def _diagnose_model(args: argparse.Namespace) -> tuple[Any, list[str]]:
         **source,
     }
     notes = [f"\nembedding: {source['embedding']}"]
+    classes = getattr(data, "classes", None)  # image folders: named classes, sorted
+    numbered = getattr(data, "numbered", True)
+    columns = report.meta.get("logit_columns")
+    if classes and not numbered and columns and columns > 1 and len(classes) < columns:
+        notes.append(
+            f"labels: the {len(classes)} class folders ({', '.join(classes[:4])}"
+            f"{', ...' if len(classes) > 4 else ''}) were taken as classes 0-{len(classes) - 1} "
+            f"in name order, but the model has {columns} outputs: if they are other classes, "
+            "name each folder by its class index (e.g. 3/, 7/)"
+        )
     if not source["margin_leak_probed"]:
         notes.append("margin leak: none possible (forward takes no labels)")
     from embscope.diagnostics.provenance import file_fingerprint

@@ -48,6 +48,61 @@ def test_image_folder_reads_classes_sorted_by_name_in_0_1(digits: Digits) -> Non
     assert ids[0] == str(digits.images / "digit_0" / "0000.png")
 
 
+def test_folders_named_by_integers_are_those_classes(tmp_path: Path, digits: Digits) -> None:
+    """A folder "7" holds class 7 even when classes 0-6 are absent, and "10" sorts after "9":
+    numbering only the folders present would relabel every sample (accuracy 0 for a good
+    model, reported with confidence)."""
+    keep = [3, 7, 10]
+    for name in keep:
+        (tmp_path / str(name)).mkdir()
+        Image.fromarray((digits.x[0, 0].numpy() * 255).astype(np.uint8), mode="L").save(
+            tmp_path / str(name) / "a.png"
+        )
+    data = open_inputs(tmp_path, image=ImageOptions(grayscale=True))
+    _, labels, ids = collect(data)
+    assert labels.tolist() == keep
+    assert [Path(i).parent.name for i in ids] == ["3", "7", "10"]
+    (tmp_path / "x").mkdir()  # one name that is not a number: all are sorted by name
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8), mode="L").save(tmp_path / "x" / "a.png")
+    _, labels, ids = collect(open_inputs(tmp_path, image=ImageOptions(grayscale=True)))
+    assert labels.tolist() == [0, 1, 2, 3]
+    assert [Path(i).parent.name for i in ids] == ["10", "3", "7", "x"]
+
+
+def test_a_subset_of_numbered_class_folders_is_diagnosed_as_those_classes(
+    tmp_path: Path, digits: Digits
+) -> None:
+    from embscope.cli.main import main
+
+    sub = tmp_path / "sub"
+    for name in ("3", "7"):
+        (sub / name).mkdir(parents=True)
+        for f in sorted((digits.images / f"digit_{name}").glob("*.png"))[:30]:
+            (sub / name / f.name).write_bytes(f.read_bytes())
+    out = tmp_path / "out"
+    code = main(
+        [
+            str(digits.state_dict),
+            str(sub),
+            "--model",
+            f"{digits.root / 'digits_model.py'}:make_net",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    import json
+
+    metrics = json.loads((out / "report.json").read_text())["metrics"]
+    x = torch.cat([digits.x[digits.y == c][:30] for c in (3, 7)])
+    y = torch.tensor([3] * 30 + [7] * 30)
+    with torch.no_grad():
+        out_ = digits.net(x)
+    pred = (out_[-1] if isinstance(out_, tuple) else out_).argmax(1)
+    assert metrics["accuracy"] == pytest.approx(float((pred == y).float().mean()))
+    assert metrics["accuracy"] > 0.5
+
+
 def test_image_options_rgb_resize_and_normalise(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(2, 5, 7, 3), dtype=np.uint8)
@@ -119,7 +174,9 @@ def test_tensor_file_errors(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"short.npz: holds 4 labels \('y'\) for 5 inputs \('x'\)"):
         open_inputs(tmp_path / "short.npz")
     np.savez(tmp_path / "keys.npz", a=np.zeros((5, 2)), b=np.zeros(5))
-    with pytest.raises(UsageError, match=r"holds keys \['a', 'b'\]: no inputs and labels .*under x"):
+    with pytest.raises(
+        UsageError, match=r"holds keys \['a', 'b'\]: no inputs and labels .*under x"
+    ):
         open_inputs(tmp_path / "keys.npz")
     np.save(tmp_path / "dict.npy", {"x": np.zeros((2, 2)), "y": np.zeros(2)})
     with pytest.raises(UsageError, match=r"pickled Python object .*--trust-checkpoint"):
