@@ -57,6 +57,7 @@ NAN = float("nan")
 
 ACTIONS = (
     "fix_eval_margin",
+    "check_outputs",
     "check_head",
     "calibrate_temperature",
     "disable_arcface",
@@ -217,7 +218,21 @@ def recommend(
                 evidence=evidence,
             )
         )
-    broken = any(r.action == "check_head" for r in recs)  # the logits are not the model's
+    probabilities = _probability_outputs(report)
+    if probabilities is not None:
+        recs.append(
+            Recommendation(
+                "check_outputs",
+                "error",
+                f"The model's outputs all lie in [0, 1]{probabilities.pop('_what')}: they look "
+                "like probabilities, not logits. They are read as logits (the sigmoid or softmax "
+                "applied again), so accuracy, calibration and any advice from them describe other "
+                "numbers: return the logits (before the sigmoid or softmax) from forward.",
+                evidence=probabilities,
+            )
+        )
+    # the logits are not the model's
+    broken = any(r.action in ("check_head", "check_outputs") for r in recs)
     collapse = _collapse(report, t)
     if collapse is not None and not recs:
         broken = True
@@ -344,3 +359,31 @@ def recommend(
         )
     recs.sort(key=lambda r: SEVERITY_ORDER[r.severity])
     return recs
+
+
+def _probability_outputs(report: Report) -> dict | None:
+    """Evidence that the logits are probabilities: every column within [0, 1] over at least 20
+    rows, and with two or more columns rows summing to 1 on average (the column means add up to
+    1). Log-probabilities (log-softmax) are fine as logits and are not flagged."""
+    cols = report.meta.get("logit_columns")
+    n = _get(report, "n")
+    if not (isinstance(cols, int) and cols >= 1 and _finite(n) and n >= 20):
+        return None
+    lows = [_get(report, f"logits.col{j}.min") for j in range(cols)]
+    highs = [_get(report, f"logits.col{j}.max") for j in range(cols)]
+    means = [_get(report, f"logits.col{j}.mean") for j in range(cols)]
+    if not (_finite(*lows, *highs, *means) and min(lows) >= 0 and max(highs) <= 1):
+        return None
+    evidence = {
+        "logits.min": {"value": min(lows), "threshold": 0.0, "op": ">="},
+        "logits.max": {"value": max(highs), "threshold": 1.0, "op": "<="},
+    }
+    what = f" (min {min(lows):.3g}, max {max(highs):.3g} over {n:.0f} rows)"
+    if cols >= 2:
+        total = sum(means)
+        if abs(total - 1) > 1e-3:
+            return None
+        evidence["column_means_sum"] = {"value": total, "threshold": 1.0, "op": "=="}
+        what += " and each row sums to 1"
+    evidence["_what"] = what
+    return evidence

@@ -489,3 +489,31 @@ def test_check_head_on_two_classes_needs_unordered_angles_too():
     assert actions(head_report(40.0, classes=10))[0] == "check_head"
     loose = recommend(head_report(threshold - 1), thresholds={"untrained_angle_gap": 0.0})
     assert "check_head" not in [x.action for x in loose]
+
+
+# ------------------------------------------------------------------------ probabilities as logits
+
+
+@pytest.mark.parametrize("columns", [1, 3])
+def test_probabilities_passed_as_logits_are_an_error_and_stop_the_other_rules(columns):
+    """A forward that ends in a sigmoid or softmax: every output in [0, 1] (rows summing to 1).
+    Read as logits they look collapsed; the advice names the cause, not the head."""
+    from embscope.diagnostics import diagnose
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 8, generator=g)
+    y = torch.arange(300) % max(columns, 2)
+    raw = torch.randn(300, columns, generator=g) + 2.0 * torch.nn.functional.one_hot(
+        y, max(columns, 2)
+    )[:, :columns]
+    probs = torch.sigmoid(raw[:, 0]) if columns == 1 else torch.softmax(raw, 1)
+    recs = diagnose(x, y, probs, reservoir_size=0).recommendations
+    assert [r.action for r in recs] == ["check_outputs"]
+    assert recs[0].severity == "error"
+    assert recs[0].evidence["logits.max"]["value"] <= 1.0
+    # the same model's logits, or log-probabilities, are not flagged
+    for z in (raw[:, 0] if columns == 1 else raw, torch.log_softmax(raw, 1)):
+        if columns == 1 and z.ndim == 2:
+            continue
+        actions = [r.action for r in diagnose(x, y, z, reservoir_size=0).recommendations]
+        assert "check_outputs" not in actions
