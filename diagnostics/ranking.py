@@ -96,11 +96,22 @@ class Ranking:
         tied = [n for n in self.tied_with_best if n != best]
         worse = [n for n in self.names if self.status[n][self.rank_by] == "worse"]
         verdict = f"**Best by {self.rank_by}: {best}**"
-        verdict += f"; tied with it: {', '.join(tied)}" if tied else "; no model tied with it"
+        verdict += (
+            f"; tied with it on {self.rank_by}: {', '.join(tied)}"
+            if tied
+            else "; no model tied with it"
+        )
         verdict += f"; worse: {', '.join(worse)}" if worse else ""
+        # a tie on the ranking metric is not a tie overall: say where each model is worse
+        losses = []
+        for name in self.names:
+            bad = [m for m in self.metrics if self.status[name].get(m) == "worse"]
+            if bad:
+                losses.append(f"{name} is worse than the best on {', '.join(bad)}")
         lines = [
             verdict + ".",
             "",
+            *([("; ".join(losses) + "."), ""] if losses else []),
             f"{k} models. Each is judged against the best model of each metric with compare's "
             f"rule (beyond the metric's tolerance and z standard errors of the difference, "
             f"paired on the same samples where the reports allow); z = {self.z:.3g}, Bonferroni "

@@ -48,6 +48,11 @@ def test_ranks_by_the_task_metric_and_finds_the_real_differences(four) -> None:
     assert md.startswith(f"**Best by f1: {ranking.names[0]}**")
     assert "| 4 | worse |" in md and "(worse)" in md
     assert "Bonferroni over the 3 comparisons" in md
+    # the headline names every metric on which a model is worse than that metric's best
+    for name in ranking.names:
+        bad = [m for m in ranking.metrics if ranking.status[name].get(m) == "worse"]
+        if bad:
+            assert f"{name} is worse than the best on {', '.join(bad)}" in md.split("|")[0]
 
 
 def test_each_cell_is_compares_decision_at_the_corrected_level(four) -> None:
