@@ -74,12 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="read the run's trends over its last K epochs (default: all)",
     )
+    parser.add_argument(
+        "--allow-different-data",
+        action="store_true",
+        help="judge validation reports computed on different data (refused by default: a trend "
+        "across different validation sets is not the model's)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
 
 def run_history(argv: list[str]) -> int:
     from embscope.cli.ci import broken_rules, load_report, parse_fail_on
+    from embscope.diagnostics.compare import data_differences
     from embscope.diagnostics.history import History
     from embscope.diagnostics.history_rules import values_for_fail_on
 
@@ -90,8 +97,23 @@ def run_history(argv: list[str]) -> int:
     skipped: list[str] = []
     entries, folder = _entries([Path(p) for p in args.reports], skipped)
     history = History(task_metric=args.task_metric)
+    first_val = None
     for path, epoch, split in entries:
-        history.append(load_report(path, str(path)), epoch=epoch, split=split)
+        report = load_report(path, str(path))
+        if split == "val" and not args.allow_different_data:
+            if first_val is None:
+                first_val = (path, report)
+            else:
+                found = data_differences(first_val[1], report, ("the first", "this one"))
+                if found:
+                    raise UsageError(
+                        path,
+                        f"was computed on other validation data than {first_val[0]} "
+                        f"({found[0]})",
+                        "give the reports of one run on one validation set, or pass "
+                        "--allow-different-data",
+                    )
+        history.append(report, epoch=epoch, split=split)
     if not history.epochs("val"):
         raise UsageError(
             args.reports[0], "holds no validation report", "give the validation report folders"
@@ -152,6 +174,14 @@ def _entries(
         if numbered:
             skipped += [p.name for p in paths if p not in numbered]
             paths = numbered
+        elif len(paths) > 1:
+            shown = ", ".join(p.name for p in paths[:4]) + (", ..." if len(paths) > 4 else "")
+            raise UsageError(
+                folder,
+                f"none of its report folders has an epoch number in its name ({shown})",
+                "name them by epoch (epoch_001, epoch_002, ...) or give the reports in epoch "
+                "order",
+            )
     for path in paths:
         if not path.exists():
             raise UsageError(path, "does not exist", "give report.json files or report folders")

@@ -103,3 +103,31 @@ def test_bad_usage_is_one_line_and_exit_2(run_folder, tmp_path, capsys, args, me
     err = capsys.readouterr().err
     assert err.startswith("diagnose: error: ") and err.count("\n") == 1
     assert message in err
+
+
+def test_folders_without_epoch_numbers_and_reports_of_other_data_are_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    _write(_report(0.7, 1.0), run / "r_folder")
+    _write(_report(0.8, 2.0), run / "r_pt")
+    assert main(["history", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "none of its report folders has an epoch number in its name" in err
+    assert not (run / "history.csv").exists()
+
+    def on(n: int, f1: float) -> Report:
+        r = _report(f1, 1.0)
+        data = {"n": n, "class_counts": [n // 2, n - n // 2]}
+        return Report(
+            metrics={**r.metrics, "n": float(n)},
+            intervals=r.intervals,
+            interval_level=0.95,
+            meta={**r.meta, "data": data},
+        )
+
+    other = tmp_path / "other"
+    _write(on(400, 0.7), other / "epoch_1")
+    _write(on(380, 0.8), other / "epoch_2")
+    assert main(["history", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "was computed on other validation data than" in err and err.count("\n") == 1
+    assert main(["history", str(other), "--allow-different-data"]) == 0
