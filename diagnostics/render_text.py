@@ -183,7 +183,7 @@ def sampled_text(report, name: str) -> str:
     """ "sampled 2000 of 5000" for a metric computed on a sample, else ""."""
     s = report.sampled.get(name)
     if s and not s.get("exact", True):
-        return f"sampled {s['sample_size']} of {s['population']}"
+        return f"sampled {fmt(s['sample_size'])} of {fmt(s['population'])}"
     return ""
 
 

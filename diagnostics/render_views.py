@@ -42,6 +42,8 @@ def _e(text) -> str:
 def _fmt(v) -> str:
     if v is None or not isinstance(v, (int, float)) or not math.isfinite(v):
         return "-"
+    if float(v) == int(v) and abs(v) < 1e15:
+        return f"{int(v):,}"  # a count
     return f"{v:.3f}" if abs(v) < 1000 else f"{v:,.0f}"
 
 
@@ -66,7 +68,11 @@ def views_html(report) -> str:
         return ""
     parts = [
         f"<p class='lead'>Views {_e(', '.join(names))}"
-        + (f"; fused: <code>{_e(sec['fused'])}</code>" if sec.get("fused") else "")
+        + (
+            f"; the fused embedding is <code>{_e(sec['fused'])}</code>"
+            if sec.get("fused") and sec["fused"] not in names
+            else ""
+        )
         + f". Agreement and paired intervals on {_e(sec.get('joint_rows'))} samples seen in "
         "every view.</p>"
     ]

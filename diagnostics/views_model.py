@@ -94,8 +94,12 @@ def views_report(runner, batches: Iterable, options: dict, model_name: str):
     report = compute_outputs(d)
     source = {
         "model": model_name,
-        "embedding": f"the model's named embeddings ({', '.join(d.names)}; "
-        f"fused: {d.fused or 'none'})",
+        "embedding": f"the model's named embeddings ({', '.join(d.names)}"
+        + (
+            f"; the report's own metrics are those of {d.fused!r})"
+            if d.fused
+            else "; none of them fused)"
+        ),
         "margin_leak_probed": leak is not None,
         "device": str(runner.device),
     }
