@@ -108,8 +108,7 @@ def run_history(argv: list[str]) -> int:
                 if found:
                     raise UsageError(
                         path,
-                        f"was computed on other validation data than {first_val[0]} "
-                        f"({found[0]})",
+                        f"was computed on other validation data than {first_val[0]} ({found[0]})",
                         "give the reports of one run on one validation set, or pass "
                         "--allow-different-data",
                     )
@@ -179,8 +178,7 @@ def _entries(
             raise UsageError(
                 folder,
                 f"none of its report folders has an epoch number in its name ({shown})",
-                "name them by epoch (epoch_001, epoch_002, ...) or give the reports in epoch "
-                "order",
+                "name them by epoch (epoch_001, epoch_002, ...) or give the reports in epoch order",
             )
     for path in paths:
         if not path.exists():

@@ -221,7 +221,6 @@ SEVERITY = {
 }
 
 
-
 @dataclass
 class _Unsure:
     """What a rule saw at its point estimate but could not tell from sampling noise."""

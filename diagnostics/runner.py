@@ -371,9 +371,6 @@ class ModelRunner:
         return embedding
 
 
-
-
-
 def _one_line(error: BaseException, limit: int = 200) -> str:
     text = " ".join(f"{type(error).__name__}: {error}".split())
     return text if len(text) <= limit else text[: limit - 3] + "..."

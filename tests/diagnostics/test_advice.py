@@ -503,9 +503,10 @@ def test_probabilities_passed_as_logits_are_an_error_and_stop_the_other_rules(co
     g = torch.Generator().manual_seed(3)
     x = torch.randn(300, 8, generator=g)
     y = torch.arange(300) % max(columns, 2)
-    raw = torch.randn(300, columns, generator=g) + 2.0 * torch.nn.functional.one_hot(
-        y, max(columns, 2)
-    )[:, :columns]
+    raw = (
+        torch.randn(300, columns, generator=g)
+        + 2.0 * torch.nn.functional.one_hot(y, max(columns, 2))[:, :columns]
+    )
     probs = torch.sigmoid(raw[:, 0]) if columns == 1 else torch.softmax(raw, 1)
     recs = diagnose(x, y, probs, reservoir_size=0).recommendations
     assert [r.action for r in recs] == ["check_outputs"]
