@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from .advice import DEFAULT_THRESHOLDS
+from .render_text import evidence_text
 
 # (title, metric, threshold line or None); a plot is drawn when the history holds its metric
 PLOTS = (
@@ -81,29 +82,6 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;paddin
 """
 
 
-def _evidence_text(e) -> str:
-    if not isinstance(e, dict):
-        return str(e)
-    if "fired" in e:
-        return f"conclusive in {e['fired']} runs, confirmed on held-out data in {e['confirmed']}"
-    parts = []
-    if "values" in e:
-        parts.append(", ".join(_fmt(v) for v in e["values"]))
-    if "value" in e:
-        parts.append(_fmt(e["value"]))
-    if "interval" in e:
-        parts.append(f"[{_fmt(e['interval'][0])}, {_fmt(e['interval'][1])}]")
-    if "se" in e:
-        parts.append(f"(se {_fmt(e['se'])})")
-    if "epoch" in e:
-        parts.append(f"at epoch {e['epoch']}")
-    if "epochs" in e:
-        parts.append(f"over epochs {e['epochs'][0]}-{e['epochs'][-1]}")
-    if "threshold" in e:
-        parts.append(f"(rule: {e.get('op', '')} {_fmt(e['threshold'])})")
-    return " ".join(parts)
-
-
 def history_html(history, trends: list) -> str:
     """One page: the verdicts with their evidence, then the trend plots (inline PNGs)."""
     e = html.escape
@@ -120,7 +98,7 @@ def history_html(history, trends: list) -> str:
         value = "" if t.value is None else f" ({e(_fmt(t.value))})"
         severity = f" [{e(t.severity)}]" if t.verdict == "broken" else ""
         evidence = "".join(
-            f"<li>{e(k)}: {e(_evidence_text(v))}</li>" for k, v in t.evidence.items()
+            f"<li>{e(k)}: {e(evidence_text(v))}</li>" for k, v in t.evidence.items()
         )
         parts.append(
             f"<li><b class='{e(t.verdict)}'>{e(t.verdict)}</b>{severity} <code>{e(t.rule)}</code>"

@@ -220,19 +220,34 @@ def undefined_line(undefined: dict[str, list[str]]) -> str:
 
 
 def evidence_text(e) -> str:
-    """One line of a recommendation's evidence: value, interval, rule, baseline; or a rule's
-    track record."""
+    """One line of a recommendation's or a trend verdict's evidence: value (or values),
+    interval, standard error, epochs, rule, baseline; or a rule's track record."""
     if not isinstance(e, dict):
         return fmt(e)
-    if "fired" in e:  # a rule's track record
+    if "fired" in e and "confirmed" in e:  # a trend rule's track record
+        return (
+            f"conclusive in {fmt(e['fired'])} runs, confirmed on held-out data in "
+            f"{fmt(e['confirmed'])}"
+        )
+    if "fired" in e:  # a recommendation rule's track record
         return (
             f"fired in {fmt(e['fired'])} models; {e.get('target') or 'target'} improved in "
             f"{fmt(e.get('target_improved'))}, task metric not worse in "
             f"{fmt(e.get('task_not_worse'))}"
         )
-    parts = [f"{fmt(e.get('value'))}"]
+    parts = []
+    if "values" in e:
+        parts.append(", ".join(fmt(v) for v in e["values"]))
+    if "value" in e or not parts:
+        parts.append(fmt(e.get("value")))
     if isinstance(e.get("interval"), (list, tuple)) and len(e["interval"]) == 2:
         parts.append(f"[{fmt(e['interval'][0])}, {fmt(e['interval'][1])}]")
+    if "se" in e:
+        parts.append(f"(se {fmt(e['se'])})")
+    if "epoch" in e:
+        parts.append(f"at epoch {e['epoch']}")
+    if "epochs" in e and e["epochs"]:
+        parts.append(f"over epochs {e['epochs'][0]}-{e['epochs'][-1]}")
     if "threshold" in e:
         parts.append(f"(rule: {e.get('op', '')} {fmt(e['threshold'])})")
     if "baseline" in e:
