@@ -772,7 +772,10 @@ def _num(v: float) -> str:
 
 
 def _iv(iv) -> str:
-    return f"[{iv[0]:.4g}, {iv[1]:.4g}]" if iv else ""
+    if not iv:
+        return ""
+    # a zero-width interval is a count or a setting (intervals.py's 'exact' method)
+    return "exact" if iv[0] == iv[1] else f"[{iv[0]:.4g}, {iv[1]:.4g}]"
 
 
 def _decision_text(d: Decision) -> str:

@@ -118,6 +118,9 @@ class Trend:
         mark = f"[{self.severity}] " if self.verdict == "broken" else ""
         return f"{mark}{self.rule}: {self.verdict}{value}: {self.reason}"
 
+    def __repr__(self) -> str:  # a list of verdicts prints as the lines diagnose history shows
+        return f"<Trend {self}>"
+
 
 @dataclass(frozen=True)
 class Slope:
@@ -551,6 +554,8 @@ def _fmt(value) -> str:
     value = float(value)
     if math.isnan(value):
         return "nan"
+    if abs(value) < 1e-12:  # a slope of exactly equal values, up to rounding
+        return "0"
     if value == int(value) and abs(value) < 1e12:
         return str(int(value))
     return f"{value:.3g}"
