@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from .advice_evidence import (  # noqa: F401  (re-exported)
     SEVERITY,
     TRACK_RECORD_FILE,
@@ -58,6 +60,7 @@ NAN = float("nan")
 ACTIONS = (
     "fix_eval_margin",
     "check_outputs",
+    "check_labels",
     "check_head",
     "calibrate_temperature",
     "disable_arcface",
@@ -231,8 +234,22 @@ def recommend(
                 evidence=probabilities,
             )
         )
-    # the logits are not the model's
-    broken = any(r.action in ("check_head", "check_outputs") for r in recs)
+    relabelled = _relabelled(report) if probabilities is None else None
+    if relabelled is not None:
+        recs.append(
+            Recommendation(
+                "check_labels",
+                "error",
+                f"Predictions are consistent but under other class indices: {relabelled.pop('_what')}. "
+                f"Accuracy is {_get(report, 'accuracy'):.3f} with the labels as given and "
+                f"{relabelled['accuracy_if_renamed']['value']:.3f} with the classes renamed: the "
+                "labels and the model's outputs use different class orders (folder names, a "
+                "label encoder, a class-index map). Fix the labels before reading any metric here.",
+                evidence=relabelled,
+            )
+        )
+    # the logits are not the model's, or not the labels' classes
+    broken = any(r.action in ("check_head", "check_outputs", "check_labels") for r in recs)
     collapse = _collapse(report, t)
     if collapse is not None and not recs:
         broken = True
@@ -387,3 +404,43 @@ def _probability_outputs(report: Report) -> dict | None:
         what += " and each row sums to 1"
     evidence["_what"] = what
     return evidence
+
+
+def _relabelled(report: Report) -> dict | None:
+    """Evidence that labels and outputs number the classes differently: in the confusion matrix,
+    every class with at least 5 samples is predicted mostly as one class, distinct classes as
+    distinct classes (a renaming, not a collapse), most of them as another class than their own,
+    and renaming would at least double an accuracy of 0.8 or more."""
+    conf = report.sections.get("confusion")
+    matrix = getattr(conf, "matrix", None)
+    if matrix is None:
+        return None
+    m = np.asarray(matrix, dtype=float)
+    labels = list(conf.labels)
+    rows = m.sum(1)
+    used = np.flatnonzero(rows >= 5)
+    if len(used) < 2:
+        return None
+    top = m[used].argmax(1)
+    n = rows[used].sum()
+    right = float(sum(m[r, r] for r in used)) / n
+    renamed = float(sum(m[r, t] for r, t in zip(used, top, strict=True))) / n
+    moved = [r for r, t in zip(used, top, strict=True) if t != r]
+    if not (
+        len(set(top.tolist())) == len(top)
+        and renamed >= 0.8
+        and right <= 0.5 * renamed
+        and len(moved) * 2 >= len(used)
+    ):
+        return None
+    shown = [
+        f"{labels[r]} as {labels[t]} ({m[r, t]:.0f} of {rows[r]:.0f})"
+        for r, t in zip(used, top, strict=True)
+        if t != r
+    ][:4]
+    return {
+        "accuracy": _ev(report, "accuracy"),
+        "accuracy_if_renamed": {"value": renamed, "threshold": 0.8, "op": ">="},
+        "classes_moved": {"value": float(len(moved)), "of": float(len(used))},
+        "_what": "true class " + ", ".join(shown) + (", ..." if len(moved) > 4 else ""),
+    }

@@ -518,3 +518,34 @@ def test_probabilities_passed_as_logits_are_an_error_and_stop_the_other_rules(co
             continue
         actions = [r.action for r in diagnose(x, y, z, reservoir_size=0).recommendations]
         assert "check_outputs" not in actions
+
+
+# ------------------------------------------------------------------------ labels of other classes
+
+
+def test_labels_numbered_unlike_the_outputs_are_an_error():
+    """Classes 3 and 7 labelled 0 and 1 (a folder subset numbered from 0), and three classes
+    whose labels are shifted by one: accuracy 0 with every class predicted consistently as
+    another is the labels' class order, not the model."""
+    from embscope.diagnostics import diagnose
+
+    g = torch.Generator().manual_seed(0)
+    n = 200
+    y = torch.tensor([3, 7]).repeat(n // 2)
+    x = torch.randn(n, 8, generator=g) + 3 * torch.nn.functional.one_hot(y, 8)
+    z = torch.randn(n, 10, generator=g) + 5 * torch.nn.functional.one_hot(y, 10)
+    recs = diagnose(x, (y == 7).long(), z, reservoir_size=0).recommendations
+    assert [r.action for r in recs] == ["check_labels"]
+    assert recs[0].evidence["accuracy_if_renamed"]["value"] > 0.95
+    assert "0 as 3" in recs[0].reason and "1 as 7" in recs[0].reason
+    # the right labels: no such error
+    assert "check_labels" not in [r.action for r in diagnose(x, y, z).recommendations]
+    y3 = torch.arange(n) % 3
+    z3 = torch.randn(n, 3, generator=g) + 5 * torch.nn.functional.one_hot((y3 + 1) % 3, 3)
+    assert [r.action for r in diagnose(x, y3, z3).recommendations] == ["check_labels"]
+    # a collapse (every class predicted as one) is not a renaming
+    z1 = torch.randn(n, 3, generator=g) + 5 * torch.nn.functional.one_hot(torch.zeros_like(y3), 3)
+    assert "check_labels" not in [r.action for r in diagnose(x, y3, z1).recommendations]
+    # a poor model at chance is not a renaming either
+    zr = torch.randn(n, 3, generator=g)
+    assert "check_labels" not in [r.action for r in diagnose(x, y3, zr).recommendations]
