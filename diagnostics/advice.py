@@ -234,17 +234,26 @@ def recommend(
                 evidence=probabilities,
             )
         )
-    relabelled = _relabelled(report) if probabilities is None else None
+    # a margin found applied at evaluation moves every sample off its class: that, not the
+    # labels, explains a swapped confusion matrix (fix_eval_margin above says so)
+    relabelled = _relabelled(report) if probabilities is None and leak != 1.0 else None
     if relabelled is not None:
+        also = (
+            " With a margin head whose evaluation was not probed, a margin applied at evaluation "
+            "can do the same: run diagnose_model (or the diagnose command) on the model itself."
+            if has_head and leak != 0.0
+            else ""
+        )
         recs.append(
             Recommendation(
                 "check_labels",
                 "error",
-                f"Predictions are consistent but under other class indices: {relabelled.pop('_what')}. "
-                f"Accuracy is {_get(report, 'accuracy'):.3f} with the labels as given and "
-                f"{relabelled['accuracy_if_renamed']['value']:.3f} with the classes renamed: the "
-                "labels and the model's outputs use different class orders (folder names, a "
-                "label encoder, a class-index map). Fix the labels before reading any metric here.",
+                "Predictions are consistent but under other class indices: "
+                f"{relabelled.pop('_what')}. Accuracy is {_get(report, 'accuracy'):.3f} with the "
+                f"labels as given and {relabelled['accuracy_if_renamed']['value']:.3f} with the "
+                "classes renamed: the labels and the model's outputs use different class orders "
+                "(folder names, a label encoder, a class-index map). Fix the labels before "
+                f"reading any metric here.{also}",
                 evidence=relabelled,
             )
         )

@@ -549,3 +549,30 @@ def test_labels_numbered_unlike_the_outputs_are_an_error():
     # a poor model at chance is not a renaming either
     zr = torch.randn(n, 3, generator=g)
     assert "check_labels" not in [r.action for r in diagnose(x, y3, zr).recommendations]
+
+
+def test_a_margin_at_evaluation_is_not_taken_for_relabelled_classes():
+    """A two-class margin head applied at evaluation pushes every sample to the other class: a
+    swapped confusion matrix whose cause is the leak (fix_eval_margin), not the labels."""
+    from embscope.diagnostics import Diagnoser, diagnose, probe_margin_leak
+    from embscope.losses import ArcFaceHead
+
+    g = torch.Generator().manual_seed(1)
+    n = 200
+    y = torch.arange(n) % 2
+    w = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.5, 0.75**0.5, 0.0, 0.0]])  # 60 degrees apart
+    x = torch.nn.functional.normalize(w[y] + 0.05 * torch.randn(n, 4, generator=g), dim=1)
+    head = ArcFaceHead(4, 2, m=1.2, s=16.0)
+    with torch.no_grad():
+        head.weight.copy_(w)
+    z = head(x, y)  # the margin applied: every sample's own class penalised
+    assert float((z.argmax(1) == y).float().mean()) < 0.2
+    d = Diagnoser(head=head, margin_leak=True, reservoir_size=0)
+    d.update(x, y, z)
+    actions = [r.action for r in d.compute().recommendations]
+    assert "fix_eval_margin" in actions and "check_labels" not in actions
+    # without the probe's finding, the same logits are named with both explanations
+    recs = diagnose(x, y, z, head=head, reservoir_size=0).recommendations
+    labels = [r for r in recs if r.action == "check_labels"]
+    assert not labels or "margin applied at evaluation" in labels[0].reason
+    assert probe_margin_leak is not None
