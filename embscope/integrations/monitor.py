@@ -217,6 +217,7 @@ class _Phase:
         self.with_runner = with_runner
         self.head = monitor.head
         self.diagnoser: Diagnoser | None = None
+        self.runner: ModelRunner | None = None
         self.probed = False
 
     def _diagnoser(self, leak: bool | None) -> Diagnoser:
@@ -229,20 +230,18 @@ class _Phase:
             raise RuntimeError("this epoch was fed outputs: use update_outputs for all batches")
         labels = torch.as_tensor(labels)
         m = self.monitor
-        # a runner per batch, its hooks removed right after: a hook that outlived the batch
-        # would record every training forward until the next call (the embedding found is the
-        # same each time: the choice depends on the model, not the batch)
-        runner = ModelRunner(m.model, head=m.head, embedding_layer=m.embedding_layer)
+        # one runner for the epoch: it finds the embedding on the first batch and keeps its
+        # hook only inside evaluating(), so training forwards between batches record nothing
+        if self.runner is None:
+            self.runner = ModelRunner(m.model, head=m.head, embedding_layer=m.embedding_layer)
+        runner = self.runner
         leak = None
-        try:
-            with runner.evaluating():
-                if not self.probed:  # once per epoch, as diagnose_model probes its first batch
-                    # a forward without labels cannot leak a margin: no leak, as diagnose_model
-                    leak = bool(runner.probe(inputs, labels))
-                    self.probed = True
-                embedding, logits = runner(inputs, labels)
-        finally:
-            runner._recorder.remove()
+        with runner.evaluating():
+            if not self.probed:  # once per epoch, as diagnose_model probes its first batch
+                # a forward without labels cannot leak a margin: no leak, as diagnose_model
+                leak = bool(runner.probe(inputs, labels))
+                self.probed = True
+            embedding, logits = runner(inputs, labels)
         self.head = runner.head
         self._diagnoser(leak).update(embedding, labels, logits)
 
