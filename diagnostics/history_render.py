@@ -5,12 +5,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 
 import numpy as np
 
 from .advice import DEFAULT_THRESHOLDS
-from .render_text import evidence_text
+from .render_text import evidence_text, fmt
 
 # (title, metric, threshold line or None); a plot is drawn when the history holds its metric
 PLOTS = (
@@ -95,7 +94,7 @@ def history_html(history, trends: list) -> str:
         "<h2>Trends</h2><ul>",
     ]
     for t in trends:
-        value = "" if t.value is None else f" ({e(_fmt(t.value))})"
+        value = "" if t.value is None else f" ({e(fmt(float(t.value)))})"
         severity = f" [{e(t.severity)}]" if t.verdict == "broken" else ""
         evidence = "".join(
             f"<li>{e(k)}: {e(evidence_text(v))}</li>" for k, v in t.evidence.items()
@@ -110,15 +109,3 @@ def history_html(history, trends: list) -> str:
         parts.append(f"<img alt='{e(name)}' src='data:image/png;base64,{data}'>")
     parts.append("</div></body></html>")
     return "\n".join(parts)
-
-
-def _fmt(value) -> str:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if math.isnan(value):
-        return "nan"
-    if value == int(value) and abs(value) < 1e12:
-        return str(int(value))
-    return f"{value:.4g}"
